@@ -1,0 +1,206 @@
+"""The one typed schema of a run, nested by concern; validated once at the edge, then trusted.
+
+Every switch of the tuning advice is a key here, so a sweep or a comparison can flip it
+without code. Cross-field rules live in `Config`'s validator and name the keys involved.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+
+__all__ = [
+    "Config",
+    "DataConfig",
+    "SyntheticConfig",
+    "AugmentConfig",
+    "ModelConfig",
+    "LossConfig",
+    "OptimConfig",
+    "SchedulerConfig",
+    "TrainConfig",
+    "EvalConfig",
+    "EarlyStopConfig",
+    "TrackingConfig",
+    "FFPP_METHODS",
+]
+
+FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures", "FaceShifter")
+
+
+class _Section(BaseModel):
+    # Unknown keys are refused: a typo must never silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SyntheticConfig(_Section):
+    """Size and difficulty of the embedded FF++-shaped data set (`harness synth`)."""
+
+    n_sources: PositiveInt = Field(36, description="real source videos; each yields one fake per method")
+    methods: list[str] = Field(default_factory=lambda: ["Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures", "FaceShifter"])
+    frames: PositiveInt = Field(48, description="frames per video")
+    fps: PositiveFloat = 12.0
+    size: PositiveInt = Field(64, description="frame height and width in pixels")
+    artefact_strength: float = Field(0.5, gt=0.0, le=1.0, description="1 = obvious, small = subtle")
+    burst_frames: PositiveInt = Field(8, description="length of the temporal artefact burst, in frames")
+    seed: int = 0
+
+
+class AugmentConfig(_Section):
+    """Augmentation drawn once per clip, so every frame of a clip gets the same flip and jitter."""
+
+    hflip: bool = False
+    color_jitter: list[float] | None = Field(
+        None, description="brightness, contrast, saturation, hue (advice: [0.2, 0.2, 0.2, 0.1])"
+    )
+
+    @model_validator(mode="after")
+    def _jitter_has_four_values(self) -> AugmentConfig:
+        if self.color_jitter is not None and len(self.color_jitter) != 4:
+            raise ValueError(
+                f"data.augment.color_jitter must hold 4 values (brightness, contrast, saturation, hue), "
+                f"but got {self.color_jitter}"
+            )
+        return self
+
+
+class DataConfig(_Section):
+    source: Literal["ffpp", "csv", "synthetic"] = Field(
+        "ffpp", description="ffpp: official FF++ tree at root; csv: a manifest of any videos; synthetic: embedded data"
+    )
+    root: Path = Field(Path("data/ffpp"), description="FF++ (or synthetic) tree; relative paths resolve from the working folder")
+    manifest: Path | None = Field(None, description="CSV manifest (path,label,split[,...]); required for source csv")
+    methods: list[str] = Field(default_factory=lambda: list(FFPP_METHODS))
+    compression: str = "c23"
+    backend: Literal["decord", "frames"] = "decord"
+    input_size: PositiveInt = 224
+    n_segment: PositiveInt = Field(8, description="frames per clip; also the TSM's time axis")
+    clip_seconds: PositiveFloat = Field(2.0, description="span a clip covers, from the video's own fps")
+    clips_per_video_train: PositiveInt = 1
+    clips_per_video_eval: PositiveInt = 1
+    min_frames: PositiveInt = Field(8, description="videos with fewer frames are skipped; shorter than the span are sampled with repeats")
+    sampler: Literal["none", "balanced"] = Field("none", description="balanced: WeightedRandomSampler with equal expected classes")
+    num_workers: int = Field(0, ge=0)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+
+
+class ModelConfig(_Section):
+    backbone: str = Field("mobilenetv4_conv_small", description="timm model name (MobileNetV4 family)")
+    pretrained: bool = False
+    pretrained_file: Path | None = Field(None, description="local weights file; no hub is reached at run time")
+    temporal_shift: bool = True
+    fold_div: PositiveInt = Field(8, description="fold = C // fold_div channels shift each way")
+    aggregate: Literal["mean", "attention"] = "mean"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    freeze_bn_fraction: float = Field(0.0, ge=0.0, le=1.0, description="first fraction of backbone blocks whose BN is frozen")
+
+
+class LossConfig(_Section):
+    type: Literal["bce", "focal_bce"] = "bce"
+    auto_pos_weight: bool = Field(True, description="bce only: pos_weight = n_real / n_fake from the train split")
+    pos_weight: PositiveFloat | None = Field(None, description="bce only: a fixed pos_weight instead of the automatic one")
+    gamma: float | None = Field(None, ge=0.0, description="focal_bce only")
+    alpha: float | None = Field(None, ge=0.0, le=1.0, description="focal_bce only: weight of the fake class")
+
+
+class SchedulerConfig(_Section):
+    type: Literal["none", "cosine"] = "none"
+    warmup_epochs: int = Field(0, ge=0)
+    min_lr: float = Field(0.0, ge=0.0)
+
+
+class OptimConfig(_Section):
+    name: str = Field("adamw", description="any optimizer name timm's create_optimizer_v2 knows")
+    lr: PositiveFloat = 1e-3
+    weight_decay: float = Field(0.01, ge=0.0)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+
+
+class TrainConfig(_Section):
+    epochs: PositiveInt = 30
+    batch_size: PositiveInt = 32
+    grad_accum_steps: PositiveInt = 1
+    amp: bool = False
+    cudnn_benchmark: bool = True
+    empty_cache_each_epoch: bool = False
+    val_every: PositiveInt = Field(1, description="validate every N epochs and always at the last")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    max_train_batches: PositiveInt | None = Field(None, description="cap per epoch, for smoke runs")
+    output_dir: Path = Field(Path("runs"), description="checkpoints live in output_dir/<run name>/")
+
+
+class EvalConfig(_Section):
+    video_aggregation: Literal["mean", "max", "median"] = "mean"
+
+
+class EarlyStopConfig(_Section):
+    metric: str = "video_auc"
+    mode: Literal["max", "min"] = "max"
+    patience: PositiveInt = Field(8, description="counted in validations, not epochs")
+    min_delta: float = Field(0.0, ge=0.0)
+    monitor_secondary: str | None = None
+
+
+class TrackingConfig(_Section):
+    experiment: str = "harness"
+    run_name: str | None = None
+
+
+class Config(_Section):
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    early_stop: EarlyStopConfig = Field(default_factory=EarlyStopConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> Config:
+        problems: list[str] = []
+        loss, data = self.loss, self.data
+        if loss.auto_pos_weight and loss.pos_weight is not None:
+            problems.append(
+                f"loss.auto_pos_weight and loss.pos_weight both set (pos_weight={loss.pos_weight}); choose one"
+            )
+        if data.sampler == "balanced" and (loss.auto_pos_weight or loss.pos_weight is not None):
+            problems.append(
+                "data.sampler=balanced corrects the imbalance already; set loss.auto_pos_weight=false "
+                "and loss.pos_weight=null so the two do not both correct"
+            )
+        if loss.type == "focal_bce":
+            if loss.auto_pos_weight or loss.pos_weight is not None:
+                problems.append(
+                    "loss.type=focal_bce takes no pos_weight; set loss.auto_pos_weight=false "
+                    "(weight classes with loss.alpha instead)"
+                )
+            if loss.gamma is None:
+                problems.append("loss.type=focal_bce needs loss.gamma (advice: 2.0), but got null")
+        else:
+            if loss.gamma is not None:
+                problems.append(f"loss.gamma={loss.gamma} only applies to loss.type=focal_bce, but loss.type={loss.type}")
+            if loss.alpha is not None:
+                problems.append(f"loss.alpha={loss.alpha} only applies to loss.type=focal_bce, but loss.type={loss.type}")
+        if self.model.temporal_shift and self.model.fold_div < 2:
+            problems.append(f"model.fold_div must be >= 2 (two folds shift), but got {self.model.fold_div}")
+        if self.model.pretrained and self.model.pretrained_file is None:
+            problems.append(
+                "model.pretrained=true needs model.pretrained_file (a local weights file; no hub is reached at run time)"
+            )
+        sched = self.optim.scheduler
+        if sched.type == "cosine" and sched.warmup_epochs >= self.train.epochs:
+            problems.append(
+                f"optim.scheduler.warmup_epochs must be < train.epochs, but got {sched.warmup_epochs} >= {self.train.epochs}"
+            )
+        if sched.type == "cosine" and sched.min_lr >= self.optim.lr:
+            problems.append(f"optim.scheduler.min_lr must be < optim.lr, but got {sched.min_lr} >= {self.optim.lr}")
+        if data.source == "csv" and data.manifest is None:
+            problems.append("data.source=csv needs data.manifest (a CSV with path,label,split)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
