@@ -144,7 +144,7 @@ def _format_validation_error(exc: ValidationError, source: str) -> list[str]:
             allowed = ", ".join(sorted(known_keys(parent)))
             lines.append(f"{source}: unknown key '{loc}'; allowed here: {allowed}")
         elif not loc:
-            lines.extend(f"{source}: {part}" for part in msg.split("; "))
+            lines.extend(f"{source}: {part}" for part in msg.split("\n"))
         else:
             lines.append(f"{source}: key '{loc}': {msg}, but got {err.get('input')!r}")
     return lines

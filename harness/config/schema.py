@@ -202,5 +202,5 @@ class Config(_Section):
         if data.source == "csv" and data.manifest is None:
             problems.append("data.source=csv needs data.manifest (a CSV with path,label,split)")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError("\n".join(problems))
         return self

@@ -1,0 +1,214 @@
+"""The `harness` command: one table of subcommands, each a thin typed function over the library.
+
+Heavy libraries (torch, timm, mlflow, optuna) are imported inside the command that needs
+them, so `harness --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+__all__ = ["main"]
+
+EPILOG = """\
+typical session:
+  harness sweep --space search_spaces/demo.yaml --trials 40   # Optuna study, every trial an MLflow run
+  mlflow ui                                                  # compare trials side by side
+  harness export-best --study-name demo --out best.yaml      # the winner as a complete config
+  harness train --config best.yaml                           # train it
+"""
+
+
+def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument(
+        "--config", action="append", type=Path, required=required, default=None, metavar="YAML",
+        help="config file; repeat to layer (later files override earlier ones; a file may name `base:`)",
+    )
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+        help="dotted override typed by the schema, e.g. --set optim.lr=3e-4 (repeatable)",
+    )
+
+
+def _add_tracking_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tracking-uri", default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here; artifacts in ./mlruns)",
+    )
+
+
+# --- synth -----------------------------------------------------------------------------------
+def _synth_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, default=Path("data/synthetic"), help="folder to write (default data/synthetic)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="synthetic option, e.g. --set n_sources=60 --set artefact_strength=0.3 (see `data.synthetic` in configs)")
+    p.add_argument("--force", action="store_true", help="regenerate even when a complete tree exists")
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from harness.config.loading import apply_overrides
+    from harness.config.schema import SyntheticConfig
+    from harness.data.synth import generate_synthetic
+    from harness.errors import ConfigError
+
+    try:
+        cfg = SyntheticConfig.model_validate(apply_overrides({}, args.overrides))
+    except ValidationError as exc:
+        problems = [f"--set {'.'.join(map(str, e['loc']))}: {e['msg']}, but got {e.get('input')!r}" for e in exc.errors()]
+        raise ConfigError(problems[0], problems) from None
+    if (args.out / ".complete").exists() and not args.force:
+        print(f"{args.out} already holds a complete synthetic data set (use --force to regenerate)")
+        return 0
+    root = generate_synthetic(args.out, cfg)
+    print(f"wrote a synthetic FF++-shaped tree to {root}")
+    return 0
+
+
+# --- index -----------------------------------------------------------------------------------
+def _index_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", type=Path, required=True, help="FaceForensics++ folder (original_sequences/, manipulated_sequences/, splits/)")
+    p.add_argument("--out", type=Path, required=True, help="manifest CSV to write")
+    p.add_argument("--methods", nargs="+", default=None, help="manipulation methods to include (default: all five)")
+    p.add_argument("--compression", default="c23", help="c0, c23 or c40 (default c23)")
+    p.add_argument("--backend", choices=["decord", "frames"], default="decord", help="videos, or extracted frame folders")
+    p.add_argument("--min-frames", type=int, default=8, help="skip videos with fewer frames")
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from harness.config.schema import FFPP_METHODS
+    from harness.data.index import index_ffpp, write_manifest
+
+    result = index_ffpp(args.root, args.methods or list(FFPP_METHODS), args.compression, args.backend, args.min_frames)
+    write_manifest(result.manifest, args.out)
+    counts = result.manifest.groupby(["split", "label"]).size().unstack(fill_value=0)
+    print(f"wrote {len(result.manifest)} videos to {args.out} ({len(result.skipped)} skipped)")
+    print(counts.rename(columns={0: "real", 1: "fake"}).to_string())
+    return 0
+
+
+# --- train -----------------------------------------------------------------------------------
+def _train_args(p: argparse.ArgumentParser) -> None:
+    _add_config_args(p, required=False)
+    _add_tracking_args(p)
+    p.add_argument("--resume", default=None, metavar="RUN",
+                   help="continue a run from its `last` checkpoint: the run folder (runs/NAME) or its MLflow run id")
+    p.add_argument("--run-dir", type=Path, default=None, help="checkpoint folder (default train.output_dir/<run name>)")
+    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _resolve_resume(resume: str, tracking_uri: str | None) -> Path:
+    candidate = Path(resume)
+    if candidate.is_dir():
+        return candidate
+    from harness.track.mlflow_run import open_client
+
+    try:
+        run = open_client(tracking_uri).get_run(resume)
+    except Exception:
+        raise HarnessError(f"--resume must be a run folder or an MLflow run id, but got {resume!r} (neither exists)") from None
+    return Path(run.data.tags["run_dir"])
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import time
+
+    from harness.config import load_config
+    from harness.train.callbacks import Callback
+    from harness.train.trainer import fit
+
+    resume_ckpt, run_id = None, None
+    if args.resume:
+        run_dir = _resolve_resume(args.resume, args.tracking_uri)
+        resume_ckpt = run_dir / "last.pt"
+        if not resume_ckpt.exists():
+            raise HarnessError(f"{resume_ckpt}: no `last` checkpoint to resume from")
+        cfg = load_config([run_dir / "config.yaml", *(args.config or [])], args.overrides)
+        sidecar = run_dir / "mlflow_run.json"
+        run_id = json.loads(sidecar.read_text())["run_id"] if sidecar.exists() else None
+    else:
+        if not args.config:
+            raise HarnessError("harness train needs --config FILE (e.g. --config baseline.yaml --config configs/demo.yaml) or --resume RUN")
+        cfg = load_config(args.config, args.overrides)
+        name = cfg.tracking.run_name or time.strftime("train-%Y%m%d-%H%M%S")
+        run_dir = args.run_dir or cfg.train.output_dir / name
+
+    callback: Callback = Callback()
+    if not args.no_track:
+        from harness.track.mlflow_run import MLflowTracker
+
+        callback = MLflowTracker(args.tracking_uri, cfg.tracking.experiment, run_name=run_dir.name, run_id=run_id)
+    try:
+        result = fit(cfg, callback, run_dir=run_dir, resume=resume_ckpt, progress=not args.quiet)
+    except BaseException as exc:
+        if isinstance(callback, Callback) and getattr(callback, "run_id", None):
+            callback.set_tags({"harness.status": "failed", "harness.reason": f"{type(exc).__name__}: {exc}"[:500]})
+            callback.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    _print_train_summary(result, getattr(callback, "run_id", None))
+    return 0 if result.status != "nan" else 1
+
+
+def _print_train_summary(result, run_id: str | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"run {result.run_dir.name}: {result.status}", title_justify="left")
+    table.add_column("metric")
+    table.add_column("val (best epoch)", justify="right")
+    table.add_column("test", justify="right")
+    best = next((h for h in result.history if h["epoch"] == result.best_epoch), {})
+    for name in ("video_auc", "clip_auc", "video_ap", "video_eer", "video_acc", "video_f1", "loss"):
+        val, test = best.get(f"val_{name}"), result.test_metrics.get(f"test_{name}")
+        table.add_row(name, "-" if val is None else f"{val:.4f}", "-" if test is None else f"{test:.4f}")
+    console = Console(stderr=False)
+    console.print(table)
+    console.print(f"{result.reason}; best epoch {result.best_epoch}; checkpoints in {result.run_dir}")
+    if run_id:
+        console.print(f"MLflow run {run_id} (see it with `mlflow ui`)")
+
+
+# --- the table -------------------------------------------------------------------------------
+Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+COMMANDS: dict[str, Command] = {
+    "synth": ("write the embedded synthetic FF++-shaped data set", _synth_args, cmd_synth),
+    "index": ("index a FaceForensics++ tree into a manifest CSV", _index_args, cmd_index),
+    "train": ("train one config, logged to MLflow", _train_args, cmd_train),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harness",
+        description="Measure whether tuning advice helps a TSM-MobileNetV4 deepfake detector: "
+        "Optuna sweeps, MLflow tracking, exported configs.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (summary, add_args, _) in COMMANDS.items():
+        p = sub.add_parser(name, help=summary, description=summary)
+        add_args(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command][2](args)
+    except HarnessError as exc:
+        for line in exc.problems:
+            print(f"harness {args.command}: error: {line}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"harness {args.command}: interrupted", file=sys.stderr)
+        return 130

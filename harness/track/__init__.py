@@ -1,0 +1,1 @@
+"""Tracking: MLflow runs fed by trainer callbacks, and the plots they carry."""

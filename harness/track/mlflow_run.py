@@ -1,0 +1,192 @@
+"""One MLflow run per training run, written through MlflowClient with explicit run ids.
+
+Explicit ids (rather than mlflow's active-run globals) let a sweep nest trial runs under a
+parent run from any worker process, and let a resumed run append to the run it continues.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from harness.config.loading import flatten, to_yaml
+from harness.train.callbacks import Callback, RunInfo
+from harness.train.trainer import TrainResult
+
+__all__ = ["MLflowTracker", "resolve_tracking_uri", "mask_uri", "open_client", "experiment_id"]
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+_BATCH = 100  # MLflow's log_batch takes at most 100 params or 1000 metrics per call
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else a SQLite file in the working folder (artifacts in ./mlruns)."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def mask_uri(uri: str) -> str:
+    """Hide a password in `scheme://user:password@host/...` before it reaches a tag or a log line."""
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", uri)
+
+
+def open_client(tracking_uri: str | None = None):
+    from mlflow import MlflowClient
+
+    return MlflowClient(resolve_tracking_uri(tracking_uri))
+
+
+def experiment_id(client, name: str) -> str:
+    """Get or create; two workers racing to create the same experiment both end up with its id."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name)
+    except Exception:
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:
+    # MLflow stores NaN, but the UI's charts break on it; a missing point reads better than a NaN.
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[key] = float(value)
+    return out
+
+
+class MLflowTracker(Callback):
+    """Logs params, per-epoch metrics (step = epoch), the config, best checkpoint, curves and ROC."""
+
+    def __init__(
+        self,
+        tracking_uri: str | None = None,
+        experiment: str = "harness",
+        run_name: str | None = None,
+        parent_run_id: str | None = None,
+        run_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        extra_params: Mapping[str, Any] | None = None,
+        log_checkpoint: bool = True,
+        terminate: bool = True,
+    ) -> None:
+        self.client = open_client(tracking_uri)
+        self.experiment_id = experiment_id(self.client, experiment)
+        self.run_name = run_name
+        self.parent_run_id = parent_run_id
+        self.run_id = run_id
+        self.tags = dict(tags or {})
+        self.extra_params = dict(extra_params or {})
+        self.log_checkpoint = log_checkpoint
+        self.terminate = terminate
+
+    # --- small writers -------------------------------------------------------------------------
+    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, v, now, step) for k, v in _finite(metrics).items()]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), _BATCH):
+            self.client.log_batch(self.run_id, params=items[i : i + _BATCH])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        for i in range(0, len(items), _BATCH):
+            self.client.log_batch(self.run_id, tags=items[i : i + _BATCH])
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self.run_id is not None:
+            self.client.set_terminated(self.run_id, status)
+
+    # --- callback hooks ------------------------------------------------------------------------
+    def on_run_start(self, info: RunInfo) -> None:
+        resumed = self.run_id is not None
+        if not resumed:
+            tags = {**self.tags}
+            if self.parent_run_id:
+                tags["mlflow.parentRunId"] = self.parent_run_id
+            run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=tags)
+            self.run_id = run.info.run_id
+            params = flatten(info.config)
+            params.update(
+                {
+                    "info.n_params": info.n_params,
+                    "info.device": info.device,
+                    "info.n_real_train": info.class_counts[0],
+                    "info.n_fake_train": info.class_counts[1],
+                    "info.pos_weight_used": info.pos_weight,
+                    "info.shifted_blocks": info.shifted_blocks,
+                    "info.frozen_bn": info.frozen_bn,
+                    **{f"info.n_videos_{k}": v for k, v in info.n_videos.items()},
+                    **self.extra_params,
+                }
+            )
+            self.log_params(params)
+        else:
+            self.client.update_run(self.run_id, status="RUNNING")
+        self.set_tags({"run_dir": str(info.run_dir.resolve()), "harness.status": "running"})
+        # The run folder names its MLflow run, so `harness train --resume runs/NAME` appends to the same run.
+        (info.run_dir / "mlflow_run.json").write_text(json.dumps({"run_id": self.run_id, "experiment_id": self.experiment_id}))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "config.yaml"
+            path.write_text(to_yaml(info.config, "resolved config of this run"))
+            self.log_artifact(path)
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.log_metrics(metrics, step=epoch)
+
+    def on_validation(self, epoch: int, metrics: dict[str, float]) -> bool:
+        self.log_metrics(metrics, step=epoch)
+        return True
+
+    def on_run_end(self, result: TrainResult) -> None:
+        from harness.track.plots import plot_curves, plot_roc
+
+        self.log_metrics(result.test_metrics, step=result.epochs_run)
+        tags = {"harness.status": result.status, "harness.reason": result.reason}
+        if result.best_epoch is not None:
+            tags.update({"best_epoch": result.best_epoch, "best_value": result.best_value})
+        if result.best_model_path is not None:
+            tags["best_model_path"] = str(result.best_model_path.resolve())
+            if self.log_checkpoint:
+                self.log_artifact(result.best_model_path, "checkpoints")
+        self.set_tags(tags)
+        with tempfile.TemporaryDirectory() as tmp:
+            if result.train_history:
+                self.log_artifact(plot_curves(result.train_history, result.history, Path(tmp) / "curves.png"))
+            if result.test_videos is not None and len(result.test_videos):
+                self.log_artifact(plot_roc(result.test_videos, Path(tmp) / "roc.png"))
+        if self.terminate:
+            self.finish("FAILED" if result.status == "nan" else "FINISHED")
+
+
+def log_table(tracker: MLflowTracker, rows: Iterable[Mapping[str, Any]], name: str) -> None:
+    """A CSV artifact from a list of dicts (per-validation history, trial tables)."""
+    import pandas as pd
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        pd.DataFrame(list(rows)).to_csv(path, index=False)
+        tracker.log_artifact(path)

@@ -1,0 +1,361 @@
+"""The training loop: `train_one_epoch`, `evaluate` and `fit`, reporting only through callbacks.
+
+Model selection, early stopping and pruning see the val split only; the test split is scored
+once, at the end, with the best checkpoint. Resumable state is one dict saved as `last.pt`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from harness.config.loading import save_config
+from harness.config.schema import Config
+from harness.train.callbacks import Callback, RunInfo
+from harness.train.checkpoint import load_checkpoint, save_checkpoint
+from harness.train.early_stopping import EarlyStopping
+from harness.train.metrics import attention_entropy, clip_and_video_metrics
+
+__all__ = [
+    "TrainResult",
+    "NonFiniteLoss",
+    "fit",
+    "train_one_epoch",
+    "evaluate",
+    "resolve_device",
+    "seed_everything",
+    "validation_epochs",
+]
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite; `fit` turns it into a result with status "nan"."""
+
+
+@dataclass
+class TrainResult:
+    status: str  # completed | early_stopped | stopped | nan
+    reason: str
+    epochs_run: int
+    best_epoch: int | None
+    best_value: float | None
+    best_model_path: Path | None
+    last_model_path: Path | None
+    run_dir: Path
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per validation
+    train_history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    test_videos: pd.DataFrame | None = None  # label, prob, method per test video
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def validation_epochs(epochs: int, val_every: int) -> list[int]:
+    """Epochs (1-based) that validate: every `val_every`-th and always the last."""
+    return sorted({e for e in range(val_every, epochs + 1, val_every)} | {epochs})
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if not enabled:
+        return nullcontext()
+    # fp16 needs a GradScaler and is what consumer GPUs run fast; CPUs support bf16 instead.
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _reseed_loader(loader: torch.utils.data.DataLoader, seed: int, epoch: int) -> None:
+    """Shuffling depends on (seed, epoch) alone, so a resumed run draws the same batches."""
+    generator = getattr(loader.sampler, "generator", None) or loader.generator
+    if generator is not None:
+        generator.manual_seed(seed * 1_000_003 + epoch)
+    dataset = loader.dataset
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    scheduler: Any,
+    cfg: Config,
+    device: torch.device,
+    epoch: int,
+    num_updates: int,
+    progress: bool = True,
+) -> tuple[dict[str, float], int]:
+    """One pass over the train loader with gradient accumulation; returns (metrics, optimizer updates so far)."""
+    model.train()
+    accum = cfg.train.grad_accum_steps
+    n_batches = len(loader) if cfg.train.max_train_batches is None else min(len(loader), cfg.train.max_train_batches)
+    loss_sum, n_clips, start = 0.0, 0, time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False, disable=not progress, unit="batch")
+    for i, batch in enumerate(loader):
+        if i >= n_batches:
+            break
+        clips = batch["clip"].to(device, non_blocking=True)  # (B, T, 3, H, W) uint8
+        labels = batch["label"].to(device, non_blocking=True).float()
+        group_start = (i // accum) * accum
+        # The trailing partial group divides by its own size, so its step is a true mean too.
+        group_size = min(accum, n_batches - group_start)
+        with _autocast(device, cfg.train.amp):
+            logits, _ = model(clips)
+            loss = loss_fn(logits.float(), labels)
+        if not torch.isfinite(loss):
+            bar.close()
+            raise NonFiniteLoss(f"loss became {loss.item()} at epoch {epoch}, batch {i + 1}")
+        scaler.scale(loss / group_size).backward()
+        if i + 1 == group_start + group_size:
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            num_updates += 1
+            if scheduler is not None:
+                scheduler.step_update(num_updates)
+        loss_sum += loss.item() * len(labels)
+        n_clips += len(labels)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_sum / n_clips:.4f}", clips_s=f"{n_clips / (time.perf_counter() - start):.1f}")
+    bar.close()
+    seconds = time.perf_counter() - start
+    metrics = {
+        "train_loss": loss_sum / max(1, n_clips),
+        "lr": optimizer.param_groups[0]["lr"],
+        "clips_per_s": n_clips / max(seconds, 1e-9),
+        "epoch_seconds": seconds,
+    }
+    return metrics, num_updates
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    loss_fn: nn.Module,
+    cfg: Config,
+    device: torch.device,
+    methods: list[str],
+    prefix: str = "",
+) -> tuple[dict[str, float], pd.DataFrame]:
+    """Clip and video metrics over one split; also the per-video scores for plots and tests."""
+    model.eval()
+    probs, labels, video_idx, attention, loss_sum = [], [], [], [], 0.0
+    for batch in loader:
+        clips = batch["clip"].to(device, non_blocking=True)
+        target = batch["label"].to(device).float()
+        with _autocast(device, cfg.train.amp):
+            logits, weights = model(clips)
+        logits = logits.float()
+        loss_sum += loss_fn(logits, target).item() * len(target)
+        probs.append(torch.sigmoid(logits).cpu())
+        labels.append(target.cpu())
+        video_idx.append(torch.as_tensor(batch["video_idx"]))
+        if weights is not None:
+            attention.append(weights.float().cpu())
+    probs_np = torch.cat(probs).numpy()
+    metrics, videos = clip_and_video_metrics(
+        torch.cat(video_idx).numpy(), probs_np, torch.cat(labels).numpy(), methods, cfg.eval.video_aggregation
+    )
+    metrics["loss"] = loss_sum / max(1, len(probs_np))
+    if attention:
+        metrics["attention_entropy"] = attention_entropy(torch.cat(attention).numpy())
+    return {f"{prefix}{k}": v for k, v in metrics.items()}, videos
+
+
+def _metric(metrics: dict[str, float], name: str) -> float:
+    if name not in metrics:
+        raise KeyError(f"early_stop.metric must be one of {', '.join(sorted(metrics))}, but got {name!r}")
+    return metrics[name]
+
+
+def _write_run_state(run_dir: Path, epoch: int, stopper: EarlyStopping, best_path: Path) -> None:
+    """A human-readable sidecar of where the run stands; `last.pt` holds the full state."""
+    state = {
+        "epoch": epoch,
+        "best_epoch": stopper.best_epoch,
+        "best_value": stopper.best,
+        "best_model_path": str(best_path.resolve()) if best_path.exists() else None,
+        "last_model_path": str((run_dir / "last.pt").resolve()),
+    }
+    tmp = run_dir / ".run_state.json.tmp"
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(run_dir / "run_state.json")
+
+
+def fit(
+    cfg: Config,
+    callbacks: Callback | None = None,
+    run_dir: Path | None = None,
+    resume: Path | None = None,
+    manifest: pd.DataFrame | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train one config to the end (or early stop / callback stop / NaN) and score the test split once."""
+    from harness.data.dataset import build_loaders, class_counts
+    from harness.data.index import build_manifest
+    from harness.model.detector import build_detector
+    from harness.train.losses import build_loss
+    from harness.train.optim import build_optimizer, build_scheduler
+
+    callbacks = callbacks or Callback()
+    run_dir = Path(run_dir or cfg.train.output_dir / time.strftime("run-%Y%m%d-%H%M%S"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml", header="resolved config of this run")
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.train.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
+
+    if manifest is None:
+        manifest = build_manifest(cfg.data, progress=progress)
+    loaders = build_loaders(manifest, cfg.data, cfg.train.batch_size, cfg.seed, device.type)
+    counts = class_counts(manifest, "train")
+    methods = manifest["method"].tolist()
+
+    model = build_detector(cfg.model, cfg.data.n_segment).to(device)
+    loss_fn = build_loss(cfg.loss, counts).to(device)
+    optimizer = build_optimizer(model, cfg.optim)
+    n_batches = len(loaders.train)
+    if cfg.train.max_train_batches is not None:
+        n_batches = min(n_batches, cfg.train.max_train_batches)
+    updates_per_epoch = math.ceil(n_batches / cfg.train.grad_accum_steps)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.epochs, updates_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp and device.type == "cuda")
+    stopper = EarlyStopping(cfg.early_stop.mode, cfg.early_stop.patience, cfg.early_stop.min_delta)
+
+    start_epoch, num_updates = 1, 0
+    history: list[dict[str, float]] = []
+    train_history: list[dict[str, float]] = []
+    best_path, last_path = run_dir / "best.pt", run_dir / "last.pt"
+    if resume is not None:
+        state = load_checkpoint(resume, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        stopper.load_state_dict(state["early_stop"])
+        start_epoch, num_updates = state["epoch"] + 1, state["num_updates"]
+        history, train_history = list(state["history"]), list(state["train_history"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if scheduler is not None:
+            scheduler.step_update(num_updates)
+
+    callbacks.on_run_start(
+        RunInfo(
+            config=cfg,
+            run_dir=run_dir,
+            device=str(device),
+            n_params=sum(p.numel() for p in model.parameters()),
+            class_counts=counts,
+            pos_weight=getattr(loss_fn, "pos_weight_value", None),
+            start_epoch=start_epoch,
+            n_videos={s: int((manifest["split"] == s).sum()) for s in ("train", "val", "test")},
+            shifted_blocks=len(getattr(model, "shifted_blocks", [])),
+            frozen_bn=len(getattr(model, "frozen_bn", [])),
+        )
+    )
+    val_epochs = set(validation_epochs(cfg.train.epochs, cfg.train.val_every))
+    status, reason, epoch = "completed", f"ran all {cfg.train.epochs} epochs", start_epoch - 1
+    for epoch in range(start_epoch, cfg.train.epochs + 1):
+        _reseed_loader(loaders.train, cfg.seed, epoch)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        try:
+            train_metrics, num_updates = train_one_epoch(
+                model, loaders.train, loss_fn, optimizer, scaler, scheduler, cfg, device, epoch, num_updates, progress
+            )
+        except NonFiniteLoss as exc:
+            status, reason = "nan", str(exc)
+            break
+        if device.type == "cuda":
+            train_metrics["gpu_peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+            if cfg.train.empty_cache_each_epoch:
+                torch.cuda.empty_cache()
+        train_history.append({"epoch": epoch, **train_metrics})
+        callbacks.on_epoch_end(epoch, train_metrics)
+
+        keep_going = True
+        if epoch in val_epochs:
+            val_metrics, _ = evaluate(model, loaders.val, loss_fn, cfg, device, methods, prefix="val_")
+            plain = {k.removeprefix("val_"): v for k, v in val_metrics.items()}
+            improved = stopper.step(_metric(plain, cfg.early_stop.metric), epoch)
+            val_metrics["best_" + cfg.early_stop.metric] = stopper.best if stopper.best is not None else math.nan
+            history.append({"epoch": epoch, **val_metrics})
+            if improved:
+                save_checkpoint(
+                    {"model": model.state_dict(), "epoch": epoch, "metric": stopper.best, "config": cfg.model_dump(mode="json")},
+                    best_path,
+                )
+                callbacks.on_checkpoint("best", best_path, epoch)
+            keep_going = callbacks.on_validation(epoch, val_metrics)
+        save_checkpoint(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "early_stop": stopper.state_dict(),
+                "epoch": epoch,
+                "num_updates": num_updates,
+                "history": history,
+                "train_history": train_history,
+                "torch_rng": torch.get_rng_state(),
+                "config": cfg.model_dump(mode="json"),
+            },
+            last_path,
+        )
+        callbacks.on_checkpoint("last", last_path, epoch)
+        _write_run_state(run_dir, epoch, stopper, best_path)
+        if not keep_going:
+            status, reason = "stopped", f"stopped by a callback after validating epoch {epoch}"
+            break
+        if epoch in val_epochs and stopper.should_stop:
+            status = "early_stopped"
+            reason = (
+                f"{cfg.early_stop.metric} did not improve by {cfg.early_stop.min_delta} "
+                f"for {cfg.early_stop.patience} validations (best {stopper.best:.4f} at epoch {stopper.best_epoch})"
+            )
+            break
+
+    result = TrainResult(
+        status=status,
+        reason=reason,
+        epochs_run=epoch,
+        best_epoch=stopper.best_epoch,
+        best_value=stopper.best,
+        best_model_path=best_path if best_path.exists() else None,
+        last_model_path=last_path if last_path.exists() else None,
+        run_dir=run_dir,
+        history=history,
+        train_history=train_history,
+    )
+    if status in ("completed", "early_stopped") and result.best_model_path is not None:
+        model.load_state_dict(load_checkpoint(best_path, map_location=device)["model"])
+        result.test_metrics, result.test_videos = evaluate(
+            model, loaders.test, loss_fn, cfg, device, methods, prefix="test_"
+        )
+    callbacks.on_run_end(result)
+    return result
