@@ -1,0 +1,140 @@
+"""The loop's arithmetic on a tiny model: accumulation, schedule, early stopping, NaN handling."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from harness.config.loading import config_from_dict
+from harness.train.early_stopping import EarlyStopping
+from harness.train.optim import build_optimizer, build_scheduler
+from harness.train.trainer import NonFiniteLoss, train_one_epoch, validation_epochs
+
+
+class TinyClipModel(nn.Module):
+    """Same call shape as the Detector: (B, T, 3, H, W) -> (logits (B,), attention or None)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(3, 1)
+
+    def forward(self, x: torch.Tensor):
+        feats = x.float().mean(dim=(1, 3, 4))  # (B, 3)
+        return self.head(feats).squeeze(-1), None
+
+
+def _batches(n: int, size: int, seed: int = 0) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    clips = torch.rand(n * size, 2, 3, 4, 4, generator=g)
+    labels = (torch.rand(n * size, generator=g) > 0.5).float()
+    return [
+        {"clip": clips[i * size : (i + 1) * size], "label": labels[i * size : (i + 1) * size], "video_idx": torch.arange(size)}
+        for i in range(n)
+    ]
+
+
+def _cfg(**train):
+    return config_from_dict({"train": {"epochs": 1, **train}, "optim": {"name": "sgd", "lr": 0.5, "weight_decay": 0.0}})
+
+
+def _one_epoch(batches, accum: int):
+    torch.manual_seed(0)
+    model = TinyClipModel()
+    cfg = _cfg(grad_accum_steps=accum)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    _, updates = train_one_epoch(
+        model, batches, nn.BCEWithLogitsLoss(), opt, scaler, None, cfg, torch.device("cpu"), 1, 0, progress=False
+    )
+    return model, updates
+
+
+def test_accumulating_k_micro_batches_equals_one_large_batch() -> None:
+    micro = _batches(4, 2)
+    large = [{k: torch.cat([b[k] for b in micro]) for k in micro[0]}]
+    m_accum, updates_accum = _one_epoch(micro, accum=4)
+    m_large, updates_large = _one_epoch(large, accum=1)
+    assert updates_accum == updates_large == 1
+    # Equal-sized micro-batches: the mean of means is the large batch's mean; only float rounding differs.
+    for a, b in zip(m_accum.parameters(), m_large.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_trailing_partial_group_is_still_applied_as_a_mean() -> None:
+    micro = _batches(3, 2)
+    _, updates = _one_epoch(micro, accum=2)
+    assert updates == 2
+    # The last group holds one micro-batch: stepping it alone must equal accum=1 on that batch.
+    m_first, _ = _one_epoch(micro[:2], accum=2)
+    torch.manual_seed(0)
+    ref = TinyClipModel()
+    ref.load_state_dict(m_first.state_dict())
+    opt = torch.optim.SGD(ref.parameters(), lr=0.5)
+    train_one_epoch(ref, micro[2:], nn.BCEWithLogitsLoss(), opt, torch.amp.GradScaler("cpu", enabled=False),
+                    None, _cfg(grad_accum_steps=1), torch.device("cpu"), 1, 0, progress=False)
+    m_all, _ = _one_epoch(micro, accum=2)
+    for a, b in zip(m_all.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_nan_loss_raises_a_clear_reason() -> None:
+    batches = _batches(2, 2)
+    batches[1]["clip"][0, 0, 0, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteLoss, match="loss became nan at epoch 1, batch 2"):
+        _one_epoch(batches, accum=1)
+
+
+def test_scheduler_warms_up_then_follows_cosine_to_min_lr() -> None:
+    cfg = config_from_dict(
+        {"train": {"epochs": 10}, "optim": {"lr": 1e-3, "scheduler": {"type": "cosine", "warmup_epochs": 3, "min_lr": 1e-5}}}
+    )
+    model = nn.Linear(2, 1)
+    opt = build_optimizer(model, cfg.optim)
+    per_epoch = 5
+    sched = build_scheduler(opt, cfg.optim, cfg.train.epochs, per_epoch)
+    lrs = []
+    for update in range(1, cfg.train.epochs * per_epoch + 1):
+        sched.step_update(update)
+        lrs.append(opt.param_groups[0]["lr"])
+    warm = lrs[: 3 * per_epoch]
+    cos = lrs[3 * per_epoch :]
+    assert all(b > a for a, b in zip(warm, warm[1:])), "warmup must rise"
+    assert warm[-1] == pytest.approx(1e-3, rel=1e-6)
+    assert all(b <= a for a, b in zip(cos, cos[1:])), "cosine must fall"
+    assert cos[-1] == pytest.approx(1e-5, rel=0.05, abs=2e-6)
+    # Half-way through the cosine the lr is the mid point of max and min.
+    mid = cos[len(cos) // 2]
+    assert mid == pytest.approx((1e-3 + 1e-5) / 2, rel=0.1)
+
+
+def test_constant_lr_has_no_scheduler() -> None:
+    cfg = config_from_dict({})
+    assert build_scheduler(build_optimizer(nn.Linear(2, 1), cfg.optim), cfg.optim, 5, 3) is None
+
+
+def test_early_stopping_stops_at_the_right_validation() -> None:
+    stop = EarlyStopping(mode="max", patience=3, min_delta=0.01)
+    sequence = [0.60, 0.70, 0.705, 0.71, 0.69, 0.70]  # 0.705 and 0.71 are within min_delta of 0.70
+    stopped_at = None
+    for epoch, value in enumerate(sequence, start=1):
+        stop.step(value, epoch)
+        if stop.should_stop:
+            stopped_at = epoch
+            break
+    assert (stop.best, stop.best_epoch, stopped_at) == (0.70, 2, 5)
+
+
+def test_early_stopping_min_mode_and_nan_never_improves() -> None:
+    stop = EarlyStopping(mode="min", patience=2)
+    assert stop.step(1.0, 1) and stop.step(0.5, 2)
+    assert not stop.step(math.nan, 3)
+    assert not stop.step(0.6, 4)
+    assert stop.should_stop and stop.best_epoch == 2
+
+
+def test_validation_schedule_includes_the_last_epoch() -> None:
+    assert validation_epochs(7, 2) == [2, 4, 6, 7]
+    assert validation_epochs(4, 1) == [1, 2, 3, 4]
