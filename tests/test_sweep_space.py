@@ -1,0 +1,298 @@
+"""Search-space files: every shipped one loads, sampling yields only valid configs, bad files are refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from harness.config.loading import load_config
+from harness.errors import SpaceError
+from harness.sweep.space import build_pruner, build_sampler, load_space
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACE_FILES = sorted((ROOT / "search_spaces").glob("*.yaml"))
+
+# The knobs of the shipped spaces, written out so a test can vary one piece at a time.
+KNOBS = {
+    "optim.lr": {"type": "float", "low": 1.0e-5, "high": 3.0e-3, "log": True},
+    "model.fold_div": {"type": "categorical", "choices": [4, 8]},
+    "model.aggregate": {"type": "categorical", "choices": ["mean", "attention"]},
+    "loss.type": {"type": "categorical", "choices": ["bce", "focal_bce"]},
+    "loss.gamma": {
+        "type": "float",
+        "low": 0.5,
+        "high": 4.0,
+        "when": {"loss.type": "focal_bce"},
+        "otherwise": {"loss.gamma": None},
+    },
+    "balance": {
+        "type": "categorical",
+        "when": {"loss.type": "bce"},
+        "choices": {
+            "pos_weight": {"loss.auto_pos_weight": True, "data.sampler": "none"},
+            "sampler": {"loss.auto_pos_weight": False, "data.sampler": "balanced"},
+        },
+        "otherwise": {"loss.auto_pos_weight": False, "data.sampler": "none"},
+    },
+}
+
+
+def write_space(tmp_path: Path, params: dict | None = None, **top) -> Path:
+    """A space file over the repo's baseline; `top` replaces top-level fields."""
+    body = {
+        "base": [str(ROOT / "baseline.yaml")],
+        "fixed": {"train.val_every": 1},
+        "study": {"direction": "maximize", "metric": "video_auc", "sampler": {"type": "tpe", "seed": 0}},
+        "params": KNOBS if params is None else params,
+        **top,
+    }
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+def refusal(path: Path) -> SpaceError:
+    with pytest.raises(SpaceError) as info:
+        load_space(path)
+    return info.value
+
+
+def study_for(space, sampler=None) -> optuna.Study:
+    return optuna.create_study(
+        direction=space.study.direction, sampler=sampler or optuna.samplers.RandomSampler(seed=0)
+    )
+
+
+@pytest.mark.parametrize("path", SPACE_FILES, ids=lambda p: p.name)
+def test_every_shipped_space_loads_and_its_enqueued_configs_are_representable(path: Path) -> None:
+    space = load_space(path)
+    assert set(space.distributions()) == set(KNOBS)
+    assert len(space.enqueue_params()) == len(space.study.enqueue) == 2
+    for params in space.enqueue_params():
+        space.config_for(params)
+
+
+def test_shipped_spaces_are_found() -> None:
+    assert {p.name for p in SPACE_FILES} >= {"space.yaml", "demo.yaml"}
+
+
+def test_conditional_gamma_only_sampled_with_focal(tmp_path: Path) -> None:
+    space = load_space(write_space(tmp_path))
+    study = study_for(space)
+    seen = set()
+    for _ in range(100):
+        trial = study.ask()
+        params = space.suggest(trial)
+        cfg = space.config_for(params)  # raises unless the schema accepts it
+        focal = params["loss.type"] == "focal_bce"
+        assert ("loss.gamma" in params) == focal
+        assert ("balance" in params) == (not focal)
+        assert trial.params == params
+        if focal:
+            assert cfg.loss.gamma == params["loss.gamma"] and not cfg.loss.auto_pos_weight
+            assert cfg.data.sampler == "none"
+        else:
+            assert cfg.loss.gamma is None
+            assert cfg.loss.auto_pos_weight == (params["balance"] == "pos_weight")
+            assert cfg.data.sampler == ("balanced" if params["balance"] == "sampler" else "none")
+            seen.add(params["balance"])
+        assert 1.0e-5 <= cfg.optim.lr <= 3.0e-3
+        study.tell(trial, 0.5)
+    assert seen == {"pos_weight", "sampler"}
+
+
+def test_params_are_ordered_so_conditions_come_first(tmp_path: Path) -> None:
+    reordered = {"balance": KNOBS["balance"], "loss.gamma": KNOBS["loss.gamma"], "loss.type": KNOBS["loss.type"]}
+    names = [p.name for p in load_space(write_space(tmp_path, reordered)).params]
+    assert names == ["loss.type", "balance", "loss.gamma"]
+
+
+def test_params_for_baseline_are_its_knob_values() -> None:
+    space = load_space(ROOT / "search_spaces" / "space.yaml")
+    assert space.params_for_config(ROOT / "baseline.yaml") == {
+        "optim.lr": 0.001,
+        "model.fold_div": 8,
+        "model.aggregate": "mean",
+        "loss.type": "bce",
+        "balance": "pos_weight",
+    }
+    assert space.params_for_config(ROOT / "recommended.yaml") == {
+        "optim.lr": 0.0003,
+        "model.fold_div": 4,
+        "model.aggregate": "attention",
+        "loss.type": "focal_bce",
+        "loss.gamma": 2.0,
+    }
+
+
+def test_config_for_round_trips_through_params_for_config() -> None:
+    space = load_space(ROOT / "search_spaces" / "demo.yaml")
+    params = {"optim.lr": 2.0e-4, "model.fold_div": 4, "model.aggregate": "attention", "loss.type": "bce", "balance": "sampler"}
+    cfg = space.config_for(params)
+    assert (cfg.optim.lr, cfg.model.fold_div, cfg.model.aggregate) == (2.0e-4, 4, "attention")
+    assert (cfg.loss.auto_pos_weight, cfg.data.sampler) == (False, "balanced")
+    # The demo overlay and the fixed keys stay under the params.
+    assert (cfg.data.source, cfg.train.epochs, cfg.train.val_every) == ("synthetic", 8, 1)
+    assert space.params_for_config(cfg) == params
+
+
+def test_enqueued_recommended_keeps_the_overlay_and_the_fixed_schedule() -> None:
+    space = load_space(ROOT / "search_spaces" / "demo.yaml")
+    cfg = space.config_for(space.params_for_config(ROOT / "recommended.yaml"))
+    assert load_config([ROOT / "recommended.yaml"]).train.val_every == 2
+    assert (cfg.train.val_every, cfg.data.source, cfg.model.fold_div, cfg.loss.gamma) == (1, "synthetic", 4, 2.0)
+
+
+def test_enqueued_trials_come_first_with_their_values() -> None:
+    space = load_space(ROOT / "search_spaces" / "space.yaml")
+    study = study_for(space, space.sampler())
+    for params in space.enqueue_params():
+        study.enqueue_trial(params)
+    asked = []
+    for _ in range(3):
+        trial = study.ask()
+        asked.append(space.suggest(trial))
+        study.tell(trial, 0.5)
+    assert asked[:2] == space.enqueue_params()
+    assert asked[0]["balance"] == "pos_weight" and asked[1]["loss.gamma"] == 2.0
+
+
+def test_config_not_in_the_space_is_refused_naming_the_param(tmp_path: Path) -> None:
+    space = load_space(ROOT / "search_spaces" / "space.yaml")
+    with pytest.raises(SpaceError) as info:
+        space.params_for_config({"model": {"fold_div": 16}, "optim": {"lr": 0.01}})
+    text = str(info.value)
+    assert "param 'model.fold_div'" in text and "16" in text
+    assert "param 'optim.lr'" in text and "0.01" in text
+    # focal with the balanced sampler is a valid config, but this space never builds it.
+    focal_sampler = {"loss": {"type": "focal_bce", "gamma": 2.0, "auto_pos_weight": False}, "data": {"sampler": "balanced"}}
+    with pytest.raises(SpaceError, match=r"param 'balance' is inactive .*data.sampler='balanced'"):
+        space.params_for_config(focal_sampler)
+
+
+def test_inactive_or_missing_params_are_refused_by_config_for() -> None:
+    space = load_space(ROOT / "search_spaces" / "space.yaml")
+    base = {"optim.lr": 1e-3, "model.fold_div": 8, "model.aggregate": "mean", "loss.type": "bce"}
+    with pytest.raises(SpaceError, match="param 'balance' is active, so it needs a value"):
+        space.config_for(base)
+    with pytest.raises(SpaceError, match="param 'loss.gamma' applies only when loss.type in"):
+        space.config_for({**base, "balance": "sampler", "loss.gamma": 2.0})
+
+
+def test_unknown_key_is_refused_naming_file_and_param(tmp_path: Path) -> None:
+    path = write_space(tmp_path, {**KNOBS, "model.fold_dv": {"type": "categorical", "choices": [4]}})
+    text = str(refusal(path))
+    assert str(path) in text and "param 'model.fold_dv'" in text and "fold_div" in text
+
+
+def test_unknown_key_in_a_bundle_is_refused(tmp_path: Path) -> None:
+    bundle = {"type": "categorical", "choices": {"a": {"loss.auto_pos_weigh": True}}}
+    text = str(refusal(write_space(tmp_path, {"bal": bundle})))
+    assert "param 'bal'" in text and "loss.auto_pos_weigh" in text
+
+
+def test_float_range_on_a_literal_key_is_refused(tmp_path: Path) -> None:
+    path = write_space(tmp_path, {**KNOBS, "model.aggregate": {"type": "float", "low": 0.0, "high": 1.0}})
+    text = str(refusal(path))
+    assert str(path) in text and "param 'model.aggregate'" in text and "a float range needs a float key" in text
+
+
+def test_choice_the_schema_refuses_is_refused(tmp_path: Path) -> None:
+    params = {**KNOBS, "model.aggregate": {"type": "categorical", "choices": ["mean", "max"]}}
+    text = str(refusal(write_space(tmp_path, params)))
+    assert "param 'model.aggregate'" in text and "'max'" in text
+
+
+def test_choice_that_breaks_a_cross_field_rule_is_blamed_on_its_param(tmp_path: Path) -> None:
+    params = {**KNOBS, "model.fold_div": {"type": "categorical", "choices": [1, 8]}}
+    text = str(refusal(write_space(tmp_path, params)))
+    assert "param 'model.fold_div'" in text and "model.fold_div=1 gives" in text
+
+
+def test_params_that_only_fail_together_are_named_together(tmp_path: Path) -> None:
+    unconditional = {k: v for k, v in KNOBS.items() if k != "balance"}
+    unconditional["loss.gamma"] = {"type": "float", "low": 0.5, "high": 4.0}  # without `when`
+    text = str(refusal(write_space(tmp_path, unconditional)))
+    assert "loss.type='bce'" in text and "loss.gamma" in text
+
+
+def test_empty_and_log_ranges_are_refused_all_at_once(tmp_path: Path) -> None:
+    params = {
+        **KNOBS,
+        "optim.lr": {"type": "float", "low": 3.0e-3, "high": 1.0e-5},
+        "optim.weight_decay": {"type": "float", "low": 0.0, "high": 0.1, "log": True},
+        "train.epochs": {"type": "int", "low": 10, "high": 30},
+    }
+    path = write_space(tmp_path, params, study={"sampler": {"type": "cmaes"}})
+    error = refusal(path)
+    lines = error.problems
+    assert all(str(path) in line for line in lines)
+    assert any("param 'optim.lr'" in l and "`low <= high` must hold, but got (low=0.003, high=1e-05)" in l for l in lines)
+    assert any("param 'optim.weight_decay'" in l and "`low > 0` must hold for `log=True`" in l for l in lines)
+    assert any("param 'train.epochs'" in l and "pruners compare trials" in l for l in lines)
+    assert any("study" in l and "tpe" in l and "'cmaes'" in l for l in lines)
+    assert len(lines) == 4
+
+
+def test_val_every_as_a_param_is_refused(tmp_path: Path) -> None:
+    path = write_space(tmp_path, {**KNOBS, "train.val_every": {"type": "categorical", "choices": [1, 2]}}, fixed={})
+    text = str(refusal(path))
+    assert str(path) in text and "param 'train.val_every'" in text
+    assert "median/percentile pruners compare trials' reports at the same step" in text
+
+
+def test_bad_sampler_and_pruner_names_list_the_choices(tmp_path: Path) -> None:
+    study = {"sampler": {"type": "tpee"}, "pruner": {"type": "medain"}}
+    lines = refusal(write_space(tmp_path, study=study)).problems
+    assert any(str(tmp_path) in l and "sampler.type` must be one of tpe, random, but got 'tpee'" in l for l in lines)
+    assert any("pruner.type` must be one of median, percentile, successive_halving, hyperband, none" in l for l in lines)
+
+
+def test_wrong_sampler_arguments_are_refused_before_any_trial(tmp_path: Path) -> None:
+    text = str(refusal(write_space(tmp_path, study={"pruner": {"type": "percentile"}})))
+    assert "PercentilePruner" in text and "percentile" in text
+
+
+def test_unknown_condition_and_cycles_are_refused(tmp_path: Path) -> None:
+    params = {
+        "model.fold_div": {"type": "categorical", "choices": [4, 8], "when": {"model.aggregate": "mean"}},
+        "model.aggregate": {"type": "categorical", "choices": ["mean", "attention"], "when": {"model.fold_div": 4}},
+        "loss.type": {"type": "categorical", "choices": ["bce"], "when": {"optim.nope": 1}},
+    }
+    lines = refusal(write_space(tmp_path, params)).problems
+    assert any("cycle" in l and "model.fold_div" in l and "model.aggregate" in l for l in lines)
+    assert any("param 'loss.type'" in l and "'optim.nope'" in l for l in lines)
+
+
+def test_missing_base_and_enqueue_files_are_refused(tmp_path: Path) -> None:
+    path = write_space(tmp_path, base=["../nope.yaml"], study={"enqueue": ["gone.yaml"]})
+    lines = refusal(path).problems
+    assert any("`base` file must exist" in l and "nope.yaml" in l for l in lines)
+    assert any("`study.enqueue` file must exist" in l and "gone.yaml" in l for l in lines)
+
+
+def test_enqueued_config_outside_the_space_is_refused_at_load(tmp_path: Path) -> None:
+    params = {**KNOBS, "optim.lr": {"type": "float", "low": 1.0e-5, "high": 5.0e-4, "log": True}}
+    path = write_space(tmp_path, params, study={"enqueue": [str(ROOT / "baseline.yaml")]})
+    text = str(refusal(path))
+    assert "baseline.yaml" in text and "param 'optim.lr'" in text and "value=0.001" in text
+
+
+def test_factories_build_the_named_optuna_objects() -> None:
+    assert isinstance(build_sampler({"type": "random"}, seed=1), optuna.samplers.RandomSampler)
+    assert isinstance(build_sampler({"type": "tpe", "n_startup_trials": 3}), optuna.samplers.TPESampler)
+    assert isinstance(build_pruner({"type": "median", "n_warmup_steps": 2}), optuna.pruners.MedianPruner)
+    assert isinstance(build_pruner({"type": "hyperband"}), optuna.pruners.HyperbandPruner)
+    assert isinstance(build_pruner({"type": "none"}), optuna.pruners.NopPruner)
+    with pytest.raises(SpaceError, match="must be one of tpe, random, but got 'grid'"):
+        build_sampler({"type": "grid"})
+
+
+def test_base_dict_layers_base_overlays_and_fixed() -> None:
+    space = load_space(ROOT / "search_spaces" / "demo.yaml")
+    data = space.base_dict()
+    assert data["data"]["source"] == "synthetic" and data["train"]["val_every"] == 1
+    assert data["optim"]["lr"] == 0.001
