@@ -82,7 +82,7 @@ def test_temporal_shift_refuses_a_batch_that_is_not_whole_clips() -> None:
 
 
 def test_temporal_shift_module_adds_no_state() -> None:
-    module = TemporalShift(n_segment=4, fold_div=8)
+    module = TemporalShift(nn.Identity(), n_segment=4, fold_div=8)
     assert module.state_dict() == {} and list(module.parameters()) == []
     x = torch.randn(8, 16, 2, 2)
     torch.testing.assert_close(module(x), reference_shift(x, 4, 8))

@@ -52,11 +52,11 @@ class TemporalShift(nn.Module):
     wrap pretrained modules with it and shifts in a forward pre-hook instead.
     """
 
-    def __init__(self, n_segment: int, fold_div: int, net: nn.Module | None = None) -> None:
-        super().__init__()
+    def __init__(self, net: nn.Module, n_segment: int, fold_div: int) -> None:
+        super().__init__()  # argument order as in the original TSM code
+        self.net = net
         self.n_segment = n_segment
         self.fold_div = fold_div
-        self.net = net if net is not None else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(temporal_shift(x, self.n_segment, self.fold_div))
