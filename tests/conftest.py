@@ -1,0 +1,26 @@
+"""Shared fixtures: one small synthetic FF++-shaped tree per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.config.schema import SyntheticConfig
+
+# Small enough to generate in about a second; 6 sources give one pair per split and 5 fakes per real.
+SMALL_SYNTHETIC = SyntheticConfig(n_sources=6, frames=24, size=32, burst_frames=6, fps=12.0, seed=0)
+
+
+@pytest.fixture(scope="session")
+def small_synthetic_config() -> SyntheticConfig:
+    """The config `synthetic_root` was generated from (copy it with model_copy to vary it)."""
+    return SMALL_SYNTHETIC
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Root of a generated tree (c23, 5 methods); treat it as read-only, copy it to change it."""
+    from harness.data.synth import generate_synthetic
+
+    return generate_synthetic(tmp_path_factory.mktemp("synthetic"), SMALL_SYNTHETIC, progress=False)
