@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -169,11 +170,53 @@ def _print_train_summary(result, run_id: str | None) -> None:
     for name in ("video_auc", "clip_auc", "video_ap", "video_eer", "video_acc", "video_f1", "loss"):
         val, test = best.get(f"val_{name}"), result.test_metrics.get(f"test_{name}")
         table.add_row(name, "-" if val is None else f"{val:.4f}", "-" if test is None else f"{test:.4f}")
-    console = Console(stderr=False)
+    console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(table)
     console.print(f"{result.reason}; best epoch {result.best_epoch}; checkpoints in {result.run_dir}")
     if run_id:
         console.print(f"MLflow run {run_id} (see it with `mlflow ui`)")
+
+
+# --- sweep -----------------------------------------------------------------------------------
+def _sweep_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--space", type=Path, required=True, help="search-space YAML (see search_spaces/)")
+    p.add_argument("--trials", type=int, default=40,
+                   help="target total of finished (complete or pruned) trials in the study; rerunning resumes "
+                        "and runs only the missing ones (default 40)")
+    p.add_argument("--storage", default=None,
+                   help="Optuna storage: a journal file path (default optuna.journal here; several local workers may "
+                        "share it) or a database URL such as postgresql://user@host/db for several machines")
+    p.add_argument("--study-name", default=None, help="default: the space file's name without .yaml")
+    p.add_argument("--max-failures", type=int, default=10, help="stop when the study holds this many failed trials")
+    _add_tracking_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from harness.sweep.report import print_summary
+    from harness.sweep.study import run_sweep
+
+    summary = run_sweep(args.space, args.trials, args.storage, args.study_name, args.tracking_uri,
+                        args.max_failures, progress=not args.quiet)
+    from harness.sweep.space import load_space
+
+    print_summary(summary, load_space(args.space).study.metric)
+    return 0
+
+
+# --- export-best -----------------------------------------------------------------------------
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--study-name", required=True, help="the study to read (the sweep's --study-name or space file name)")
+    p.add_argument("--storage", default=None, help="Optuna storage the sweep used (default optuna.journal here)")
+    p.add_argument("--out", type=Path, default=Path("best.yaml"), help="config file to write (default best.yaml)")
+
+
+def cmd_export_best(args: argparse.Namespace) -> int:
+    from harness.sweep.export import export_best
+
+    path, number, value = export_best(args.study_name, args.out, args.storage)
+    print(f"wrote {path}: trial {number} (validation score {value:.4f}); train it with `harness train --config {path}`")
+    return 0
 
 
 # --- the table -------------------------------------------------------------------------------
@@ -182,6 +225,8 @@ COMMANDS: dict[str, Command] = {
     "synth": ("write the embedded synthetic FF++-shaped data set", _synth_args, cmd_synth),
     "index": ("index a FaceForensics++ tree into a manifest CSV", _index_args, cmd_index),
     "train": ("train one config, logged to MLflow", _train_args, cmd_train),
+    "sweep": ("run (or resume) an Optuna study over config keys; every trial an MLflow run", _sweep_args, cmd_sweep),
+    "export-best": ("write the study's best trial as a complete config YAML", _export_args, cmd_export_best),
 }
 
 
@@ -201,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # OpenMP threads that spin while waiting turn a busy 2-core machine (a second sweep worker, a
+    # data loader) into a 20x slowdown; passive waiting costs little when the machine is idle.
+    # It must be set before torch loads libgomp, which happens lazily inside the commands.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

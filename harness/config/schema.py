@@ -95,7 +95,7 @@ class ModelConfig(_Section):
     fold_div: PositiveInt = Field(8, description="fold = C // fold_div channels shift each way")
     aggregate: Literal["mean", "attention"] = "mean"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    freeze_bn_fraction: float = Field(0.0, ge=0.0, le=1.0, description="first fraction of backbone blocks whose BN is frozen")
+    freeze_bn_fraction: float = Field(0.0, ge=0.0, le=1.0, description="first fraction of the backbone's BatchNorm layers (forward order, stem included) frozen: stats and affine")
 
 
 class LossConfig(_Section):

@@ -159,10 +159,13 @@ def evaluate(
     loss_fn: nn.Module,
     cfg: Config,
     device: torch.device,
-    methods: list[str],
     prefix: str = "",
 ) -> tuple[dict[str, float], pd.DataFrame]:
-    """Clip and video metrics over one split; also the per-video scores for plots and tests."""
+    """Clip and video metrics over one split; also the per-video scores for plots and tests.
+
+    Items carry `video_idx`, a row of the loader's own dataset manifest, which names each video's method.
+    """
+    methods = loader.dataset.manifest["method"].tolist()
     model.eval()
     probs, labels, video_idx, attention, loss_sum = [], [], [], [], 0.0
     for batch in loader:
@@ -235,7 +238,6 @@ def fit(
         manifest = build_manifest(cfg.data, progress=progress)
     loaders = build_loaders(manifest, cfg.data, cfg.train.batch_size, cfg.seed, device.type)
     counts = class_counts(manifest, "train")
-    methods = manifest["method"].tolist()
 
     model = build_detector(cfg.model, cfg.data.n_segment).to(device)
     loss_fn = build_loss(cfg.loss, counts).to(device)
@@ -300,7 +302,7 @@ def fit(
 
         keep_going = True
         if epoch in val_epochs:
-            val_metrics, _ = evaluate(model, loaders.val, loss_fn, cfg, device, methods, prefix="val_")
+            val_metrics, _ = evaluate(model, loaders.val, loss_fn, cfg, device, prefix="val_")
             plain = {k.removeprefix("val_"): v for k, v in val_metrics.items()}
             improved = stopper.step(_metric(plain, cfg.early_stop.metric), epoch)
             val_metrics["best_" + cfg.early_stop.metric] = stopper.best if stopper.best is not None else math.nan
@@ -355,7 +357,7 @@ def fit(
     if status in ("completed", "early_stopped") and result.best_model_path is not None:
         model.load_state_dict(load_checkpoint(best_path, map_location=device)["model"])
         result.test_metrics, result.test_videos = evaluate(
-            model, loaders.test, loss_fn, cfg, device, methods, prefix="test_"
+            model, loaders.test, loss_fn, cfg, device, prefix="test_"
         )
     callbacks.on_run_end(result)
     return result

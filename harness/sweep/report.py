@@ -1,0 +1,184 @@
+"""What a sweep shows: a live progress line, the closing table, and the study's plots in MLflow."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+from harness.sweep.study import FINISHED, SweepSummary
+
+__all__ = ["TrialBar", "summarise", "log_study_artifacts", "print_summary"]
+
+
+class TrialBar:
+    """A rich progress bar over the target trial count: trial n, origin, epoch, video AUC, best so far."""
+
+    def __init__(self, total: int, enabled: bool = True) -> None:
+        self.total = total
+        self.enabled = enabled
+        self.state: dict[str, Any] = {}
+        self.best: float | None = None
+
+    def __enter__(self) -> TrialBar:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.description}"), disable=not self.enabled,
+        )
+        self.progress.__enter__()
+        self.task = self.progress.add_task("", total=self.total)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def set_done(self, done: int) -> None:
+        self.progress.update(self.task, completed=min(done, self.total))
+
+    def start_trial(self, number: int, origin: str) -> None:
+        self.state = {"trial": number, "origin": origin, "epoch": 0, "epochs": "?", "auc": None}
+        self._render()
+
+    def update(self, **values: Any) -> None:
+        self.state.update({k: v for k, v in values.items() if v is not None})
+        self._render()
+
+    def end_trial(self, outcome, study) -> None:
+        if outcome.value is not None and (self.best is None or outcome.value > self.best):
+            self.best = outcome.value
+        if self.enabled:
+            self.progress.console.print(
+                f"trial {self.state['trial']:>3} ({self.state['origin']}): {outcome.state.lower():<8} "
+                f"{'' if outcome.value is None else f'video_auc {outcome.value:.4f} '}after {outcome.epochs_run} epochs"
+                f"{'' if outcome.state == 'COMPLETE' else ' - ' + outcome.reason}"
+            )
+        self.set_done(sum(t.state.name in FINISHED for t in study.get_trials(deepcopy=False)))
+
+    def _render(self) -> None:
+        s = self.state
+        auc = "-" if s.get("auc") is None else f"{s['auc']:.3f}"
+        best = "-" if self.best is None else f"{self.best:.3f}"
+        self.progress.update(
+            self.task,
+            description=f"trial {s.get('trial')} ({s.get('origin')}) epoch {s.get('epoch')}/{s.get('epochs')} "
+            f"val AUC {auc} | best {best}",
+        )
+
+
+def summarise(study, metric: str, epochs: int, parent_run_id: str, wall: float, ran_here: int) -> SweepSummary:
+    trials = study.get_trials(deepcopy=False)
+    finished = [t for t in trials if t.state.name in FINISHED]
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    maximize = study.direction.name == "MAXIMIZE"
+    best = None
+    if complete:
+        best = (max if maximize else min)(complete, key=lambda t: t.value)
+    rows = []
+    for t in sorted(complete, key=lambda t: t.value, reverse=maximize) + [t for t in trials if t.state.name != "COMPLETE"]:
+        rows.append(
+            {
+                "trial": t.number,
+                "state": t.state.name,
+                "origin": t.user_attrs.get("enqueued_from", "sampled"),
+                metric: t.value,
+                "epochs": t.user_attrs.get("epochs_run"),
+                "reason": t.user_attrs.get("fail_reason") or t.user_attrs.get("prune_reason") or "",
+                **t.params,
+            }
+        )
+    return SweepSummary(
+        study_name=study.study_name,
+        n_complete=len(complete),
+        n_pruned=sum(t.state.name == "PRUNED" for t in trials),
+        n_failed=sum(t.state.name == "FAIL" for t in trials),
+        epochs_spent=sum(int(t.user_attrs.get("epochs_run") or 0) for t in finished),
+        epochs_unpruned=len(finished) * epochs,
+        best_number=None if best is None else best.number,
+        best_value=None if best is None else best.value,
+        parent_run_id=parent_run_id,
+        wall_seconds=wall,
+        ran_here=ran_here,
+        rows=rows,
+    )
+
+
+def log_study_artifacts(client, parent_run_id: str, study, summary: SweepSummary) -> None:
+    """Trials CSV and Optuna's plots (history, importances, parallel coordinates) on the parent run."""
+    import optuna.visualization as vis
+
+    with tempfile.TemporaryDirectory() as tmp:
+        csv = Path(tmp) / "trials.csv"
+        study.trials_dataframe().to_csv(csv, index=False)
+        client.log_artifact(parent_run_id, str(csv))
+        plots = {
+            "optimization_history.html": vis.plot_optimization_history,
+            "param_importances.html": vis.plot_param_importances,
+            "parallel_coordinate.html": vis.plot_parallel_coordinate,
+            "intermediate_values.html": vis.plot_intermediate_values,
+        }
+        for name, plot in plots.items():
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    fig = plot(study)
+            except (ValueError, RuntimeError, ZeroDivisionError):
+                continue  # e.g. importances need two completed trials with differing params
+            path = Path(tmp) / name
+            fig.write_html(str(path), include_plotlyjs="cdn")
+            client.log_artifact(parent_run_id, str(path), "study")
+    from mlflow.entities import Metric
+    import time
+
+    now = int(time.time() * 1000)
+    metrics = {
+        "n_complete": summary.n_complete,
+        "n_pruned": summary.n_pruned,
+        "n_failed": summary.n_failed,
+        "epochs_spent": summary.epochs_spent,
+        "epochs_unpruned": summary.epochs_unpruned,
+    }
+    if summary.best_value is not None:
+        metrics["best_value"] = summary.best_value
+    client.log_batch(parent_run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+
+
+def print_summary(summary: SweepSummary, metric: str, top: int = 10) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"study {summary.study_name}: top trials by {metric}", title_justify="left")
+    shown = [r for r in summary.rows if r["state"] == "COMPLETE"][:top]
+    marked = [r for r in summary.rows if r["origin"] != "sampled" and r not in shown]
+    params = [k for k in (shown + marked)[0] if k not in ("trial", "state", "origin", metric, "epochs", "reason")] if shown + marked else []
+    for col in ["trial", "origin", metric, "epochs", *params]:
+        table.add_column(col, justify="right" if col in (metric, "epochs", "trial") else "left")
+    for r in shown + marked:
+        value = r.get(metric)
+        table.add_row(
+            str(r["trial"]),
+            r["origin"] if r["state"] == "COMPLETE" else f"{r['origin']} ({r['state'].lower()})",
+            "-" if value is None else f"{value:.4f}",
+            str(r.get("epochs") or "-"),
+            *[_fmt(r.get(p)) for p in params],
+        )
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    console.print(table)
+    saved = 1 - summary.epochs_spent / summary.epochs_unpruned if summary.epochs_unpruned else 0.0
+    console.print(
+        f"{summary.n_complete} complete, {summary.n_pruned} pruned, {summary.n_failed} failed; "
+        f"epochs spent {summary.epochs_spent} of {summary.epochs_unpruned} unpruned ({saved:.0%} saved); "
+        f"{summary.ran_here} trials ran in this process in {summary.wall_seconds:.0f} s"
+    )
+    if summary.best_number is not None:
+        console.print(f"best: trial {summary.best_number}, {metric} {summary.best_value:.4f}. "
+                      f"Export it with `harness export-best --study-name {summary.study_name} --out best.yaml`")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return "-" if value is None else str(value)

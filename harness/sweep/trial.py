@@ -1,0 +1,127 @@
+"""One Optuna trial: suggest, build the config, train through callbacks, tell the study how it ended.
+
+The objective reads like Optuna's own examples (suggest, build, train, report, prune); the
+trainer stays unaware of Optuna because reporting and pruning live in `PruningReporter`.
+"""
+
+from __future__ import annotations
+
+import math
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness.config.schema import Config
+from harness.train.callbacks import Callback, CallbackList, RunInfo
+from harness.train.trainer import TrainResult, fit
+
+__all__ = ["PruningReporter", "TrialProgress", "TrialOutcome", "run_trial", "objective_value", "trial_params_for_mlflow", "config_record"]
+
+
+class PruningReporter(Callback):
+    """Reports the study's metric at step = epoch and stops the run when the pruner says so."""
+
+    def __init__(self, trial: Any, metric: str) -> None:
+        self.trial = trial
+        self.metric = metric
+        self.pruned_at: int | None = None
+
+    def on_validation(self, epoch: int, metrics: dict[str, float]) -> bool:
+        value = metrics.get(f"val_{self.metric}")
+        if value is None or math.isnan(value):
+            return True
+        self.trial.report(value, step=epoch)
+        if self.trial.should_prune():
+            self.pruned_at = epoch
+            return False
+        return True
+
+
+class TrialProgress(Callback):
+    """Keeps a rich progress line current: trial n/N, epoch, video AUC now, best of the study."""
+
+    def __init__(self, update) -> None:
+        self.update = update
+
+    def on_run_start(self, info: RunInfo) -> None:
+        self.update(epoch=info.start_epoch - 1, epochs=info.config.train.epochs)
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.update(epoch=epoch)
+
+    def on_validation(self, epoch: int, metrics: dict[str, float]) -> bool:
+        self.update(auc=metrics.get("val_video_auc"))
+        return True
+
+
+@dataclass
+class TrialOutcome:
+    state: str  # COMPLETE | PRUNED | FAIL
+    value: float | None
+    reason: str
+    epochs_run: int
+
+
+def objective_value(history: list[dict[str, float]], metric: str, maximize: bool) -> float | None:
+    """The trial's score: its best validation value of the study's metric (what its best checkpoint holds)."""
+    values = [h[f"val_{metric}"] for h in history if not math.isnan(h.get(f"val_{metric}", math.nan))]
+    if not values:
+        return None
+    return max(values) if maximize else min(values)
+
+
+def run_trial(
+    trial: Any,
+    cfg: Config,
+    run_dir: Path,
+    metric: str,
+    maximize: bool,
+    tracker: Any,
+    manifest: pd.DataFrame,
+    progress_update=None,
+) -> TrialOutcome:
+    """Train one trial's config; every ending (complete, pruned, NaN, exception) becomes a TrialOutcome.
+
+    KeyboardInterrupt is not caught here: the sweep records the trial as failed ("interrupted") and stops.
+    """
+    reporter = PruningReporter(trial, metric)
+    callbacks: list[Callback] = [tracker, reporter]
+    if progress_update is not None:
+        callbacks.append(TrialProgress(progress_update))
+    try:
+        result: TrainResult = fit(cfg, CallbackList(callbacks), run_dir=run_dir, manifest=manifest, progress=False)
+    except Exception as exc:  # a broken trial must not end the sweep
+        reason = f"{type(exc).__name__}: {exc}"
+        if "out of memory" in str(exc).lower():
+            reason = f"oom: {exc}"
+        tracker.set_tags({"optuna.state": "FAIL", "optuna.reason": reason[:5000], "traceback": traceback.format_exc()[-5000:]})
+        tracker.finish("FAILED")
+        return TrialOutcome("FAIL", None, reason, 0)
+    if reporter.pruned_at is not None:
+        outcome = TrialOutcome("PRUNED", None, f"pruned at epoch {reporter.pruned_at}", result.epochs_run)
+    elif result.status == "nan":
+        outcome = TrialOutcome("FAIL", None, f"nan: {result.reason}", result.epochs_run)
+    else:
+        value = objective_value(result.history, metric, maximize)
+        if value is None:
+            outcome = TrialOutcome("FAIL", None, f"no finite val_{metric} was ever reported", result.epochs_run)
+        else:
+            outcome = TrialOutcome("COMPLETE", value, result.reason, result.epochs_run)
+    tracker.set_tags({"optuna.state": outcome.state, "optuna.reason": outcome.reason[:5000]})
+    if outcome.value is not None:
+        tracker.log_metrics({f"objective_{metric}": outcome.value}, step=result.epochs_run)
+    return outcome
+
+
+def trial_params_for_mlflow(params: dict[str, Any]) -> dict[str, Any]:
+    """Sampled values as `trial.<name>` params, beside the trial's full flattened config."""
+    return {f"trial.{k}": v for k, v in params.items()}
+
+
+def config_record(cfg: Config) -> dict[str, Any]:
+    """The trial's resolved config, kept as a trial user attribute so export-best needs no files."""
+    return cfg.model_dump(mode="json")
+
