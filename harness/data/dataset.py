@@ -1,0 +1,148 @@
+"""Clips for training and evaluation, and the three DataLoaders of a run."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomSampler
+
+from harness.config.schema import DataConfig
+from harness.data.augment import ClipAugment
+from harness.data.readers import make_reader
+from harness.data.sampling import clip_span, sample_segment_indices, spread_window_starts
+from harness.errors import DataError
+
+__all__ = ["ClipDataset", "Loaders", "class_counts", "build_loaders"]
+
+
+class ClipDataset(Dataset):
+    """`clips_per_video` clips per manifest row; item i is clip i % k of video i // k.
+
+    `video_idx` in each item is the row of `self.manifest` (the given manifest, index reset).
+    Training clips are drawn from a generator seeded by (seed, epoch, item), so they do not depend
+    on worker count or order; call `set_epoch` before iterating each epoch. Evaluation clips are fixed.
+    """
+
+    def __init__(self, manifest: pd.DataFrame, data_cfg: DataConfig, train: bool, seed: int) -> None:
+        self.manifest = manifest.reset_index(drop=True)
+        self.train = train
+        self.seed = seed
+        self.n_segment = data_cfg.n_segment
+        self.size = data_cfg.input_size
+        self.clips_per_video = data_cfg.clips_per_video_train if train else data_cfg.clips_per_video_eval
+        self._paths = self.manifest["path"].astype(str).tolist()
+        self._labels = self.manifest["label"].astype(int).to_numpy()
+        self._n_frames = self.manifest["n_frames"].astype(int).to_numpy()
+        self._spans = [clip_span(fps, data_cfg.clip_seconds) for fps in self.manifest["fps"].astype(float)]
+        self._reader = make_reader(data_cfg.backend)
+        self._augment = ClipAugment(data_cfg.augment) if train else None
+        # Shared memory: persistent DataLoader workers hold copies of this dataset, and must still see
+        # the epoch the main process sets.
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch[0] = epoch
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Label of every item (not every video), in item order."""
+        return np.repeat(self._labels, self.clips_per_video)
+
+    def __len__(self) -> int:
+        return len(self.manifest) * self.clips_per_video
+
+    def _indices(self, index: int, video: int, clip: int, rng: np.random.Generator | None) -> np.ndarray:
+        n_frames, span = int(self._n_frames[video]), self._spans[video]
+        if rng is not None:
+            return sample_segment_indices(n_frames, self.n_segment, span, rng)
+        start = spread_window_starts(n_frames, span, self.clips_per_video)[clip]
+        return sample_segment_indices(n_frames, self.n_segment, span, None, start=int(start))
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index must be in [0, {len(self)}), but got {index}")
+        video, clip = divmod(index, self.clips_per_video)
+        rng = np.random.default_rng([self.seed, int(self._epoch[0]), index]) if self.train else None
+        frames = self._reader.read(self._paths[video], self._indices(index, video, clip, rng), self.size)
+        clip_tensor = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (T, H, W, 3) -> (T, 3, H, W)
+        if self._augment is not None and self._augment.active:
+            # The augmentation draws from torch's RNG; seeding a forked RNG from this item's generator
+            # makes it reproducible too, without touching the global stream.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(rng.integers(2**63 - 1)))
+                clip_tensor = self._augment(clip_tensor)
+        return {
+            "clip": clip_tensor.contiguous(),
+            "label": torch.tensor(float(self._labels[video]), dtype=torch.float32),
+            "video_idx": video,
+        }
+
+
+def class_counts(manifest: pd.DataFrame, split: str) -> tuple[int, int]:
+    """(n_real, n_fake) videos in `split`."""
+    labels = manifest.loc[manifest["split"] == split, "label"].astype(int)
+    return int((labels == 0).sum()), int((labels == 1).sum())
+
+
+@dataclass
+class Loaders:
+    train: DataLoader
+    val: DataLoader
+    test: DataLoader
+    train_dataset: ClipDataset
+    val_dataset: ClipDataset
+    test_dataset: ClipDataset
+    train_generator: torch.Generator  # shuffling/sampling state; save it to resume the same order
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch seeds each worker from the loader's generator; numpy and random follow from it.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def _balanced_sampler(dataset: ClipDataset, generator: torch.Generator) -> WeightedRandomSampler:
+    """Weights 1/class size, so each class is expected to fill half of every batch."""
+    labels = dataset.labels
+    counts = np.bincount(labels, minlength=2)
+    if (counts == 0).any():
+        raise DataError(f"data.sampler=balanced needs both classes in the train split, but got counts (real, fake) = {tuple(counts)}")
+    weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.double)
+    return WeightedRandomSampler(weights, num_samples=len(dataset), replacement=True, generator=generator)
+
+
+def build_loaders(
+    manifest: pd.DataFrame, data_cfg: DataConfig, batch_size: int, seed: int, device_type: str = "cpu"
+) -> Loaders:
+    """Train/val/test loaders over the manifest's splits; train shuffles (or balances) with a seeded generator."""
+    datasets = {}
+    for split in ("train", "val", "test"):
+        rows = manifest[manifest["split"] == split]
+        if rows.empty:
+            raise DataError(f"split {split!r} must hold videos, but the manifest has none; check the split files")
+        datasets[split] = ClipDataset(rows, data_cfg, train=split == "train", seed=seed)
+    # The sampler gets its own generator: the DataLoader also draws worker seeds from the generator it
+    # is given, once per epoch without persistent workers but once in all with them, which would make
+    # the order depend on num_workers.
+    generator = torch.Generator().manual_seed(seed)
+    if data_cfg.sampler == "balanced":
+        sampler = _balanced_sampler(datasets["train"], generator)
+    else:
+        sampler = RandomSampler(datasets["train"], generator=generator)
+    common = dict(
+        batch_size=batch_size,
+        num_workers=data_cfg.num_workers,
+        pin_memory=device_type == "cuda",
+        persistent_workers=data_cfg.num_workers > 0,
+        worker_init_fn=_seed_worker,
+        drop_last=False,
+    )
+    train = DataLoader(datasets["train"], sampler=sampler, generator=torch.Generator().manual_seed(seed + 1), **common)
+    val = DataLoader(datasets["val"], shuffle=False, generator=torch.Generator().manual_seed(seed), **common)
+    test = DataLoader(datasets["test"], shuffle=False, generator=torch.Generator().manual_seed(seed), **common)
+    return Loaders(train, val, test, datasets["train"], datasets["val"], datasets["test"], generator)
