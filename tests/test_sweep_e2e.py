@@ -1,0 +1,139 @@
+"""`harness sweep` and `harness export-best` for real: Optuna journal storage, SQLite MLflow store, tiny videos."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from harness.cli import main
+from harness.config import load_config
+from harness.sweep.storage import open_storage
+from harness.train.trainer import fit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_space(tmp: Path, root: Path, pruner: dict) -> Path:
+    """The demo space's knobs over baseline + demo + a tiny overlay, so trials take seconds."""
+    (tmp / "tiny.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "data": {"source": "ffpp", "root": str(root), "input_size": 32},
+                "train": {"epochs": 4, "batch_size": 8, "output_dir": str(tmp / "runs")},
+            }
+        )
+    )
+    space = yaml.safe_load((ROOT / "search_spaces" / "demo.yaml").read_text())
+    space["base"] = [str(ROOT / "baseline.yaml")]
+    space["overlays"] = [str(ROOT / "configs" / "demo.yaml"), str(tmp / "tiny.yaml")]
+    space["study"]["enqueue"] = [str(ROOT / "baseline.yaml"), str(ROOT / "recommended.yaml")]
+    space["study"]["pruner"] = pruner
+    path = tmp / "space.yaml"
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    return path
+
+
+AGGRESSIVE = {"type": "percentile", "percentile": 10.0, "n_startup_trials": 1, "n_warmup_steps": 0}
+
+
+def test_sweep_prunes_logs_children_resumes_and_exports(synthetic_root: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    space = write_space(tmp_path, synthetic_root, AGGRESSIVE)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    common = ["--space", str(space), "--storage", str(tmp_path / "optuna.journal"), "--study-name", "t",
+              "--tracking-uri", uri, "--quiet"]
+    assert main(["sweep", *common, "--trials", "6"]) == 0
+    assert "top trials" in capsys.readouterr().out
+
+    study = optuna.load_study(study_name="t", storage=open_storage(str(tmp_path / "optuna.journal")))
+    trials = study.get_trials()
+    states = [t.state.name for t in trials]
+    assert sum(s in ("COMPLETE", "PRUNED") for s in states) == 6 and "RUNNING" not in states
+    assert "PRUNED" in states
+    assert trials[0].user_attrs["enqueued_from"] == "baseline.yaml"
+    assert trials[1].user_attrs["enqueued_from"] == "recommended.yaml"
+    assert trials[0].params == {"optim.lr": 1e-3, "model.fold_div": 8, "model.aggregate": "mean",
+                                "loss.type": "bce", "balance": "pos_weight"}
+    assert trials[1].params["loss.type"] == "focal_bce" and trials[1].params["model.fold_div"] == 4
+    pruned = next(t for t in trials if t.state.name == "PRUNED")
+    assert pruned.user_attrs["epochs_run"] < 4 and pruned.intermediate_values
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("harness").experiment_id
+    parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
+    children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == 6
+    assert {c.data.tags["optuna.trial"] for c in children} == {str(t.number) for t in trials}
+    assert all(c.info.status == "FINISHED" for c in children)
+    for child in children:
+        assert "curves.png" in {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert child.data.tags["optuna.state"] in ("COMPLETE", "PRUNED")
+        assert "trial.optim.lr" in child.data.params and "model.fold_div" in child.data.params
+    by_trial = {c.data.tags["optuna.trial"]: c for c in children}
+    assert by_trial[str(pruned.number)].data.tags["optuna.state"] == "PRUNED"
+    parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert "trials.csv" in parent_artifacts and "study" in parent_artifacts
+
+    # Rerunning the same command resumes: only the two missing trials run, under the same parent.
+    assert main(["sweep", *common, "--trials", "8"]) == 0
+    study = optuna.load_study(study_name="t", storage=open_storage(str(tmp_path / "optuna.journal")))
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.get_trials()) == 8
+    assert len(client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")) == 8
+    numbers = [t.number for t in study.get_trials()]
+    assert len(numbers) == len(set(numbers))
+
+    out = tmp_path / "best.yaml"
+    assert main(["export-best", "--study-name", "t", "--storage", str(tmp_path / "optuna.journal"), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert text.startswith("# best trial of study 't'")
+    best_cfg = load_config([out], ["train.epochs=1"])
+    best = study.best_trial
+    assert best_cfg.optim.lr == pytest.approx(best.params["optim.lr"])
+    assert best_cfg.model.aggregate == best.params["model.aggregate"]
+    result = fit(best_cfg, run_dir=tmp_path / "best-run", progress=False)
+    assert result.status == "completed" and "test_video_auc" in result.test_metrics
+
+
+def test_export_best_refuses_a_study_without_completed_trials(tmp_path: Path, capsys) -> None:
+    journal = str(tmp_path / "optuna.journal")
+    study = optuna.create_study(study_name="empty", storage=open_storage(journal))
+    study.ask()
+    code = main(["export-best", "--study-name", "empty", "--storage", journal, "--out", str(tmp_path / "b.yaml")])
+    assert code == 2
+    assert "has no completed trial" in capsys.readouterr().err
+    assert main(["export-best", "--study-name", "nope", "--storage", journal]) == 2
+    assert "studies: empty" in capsys.readouterr().err
+    assert not (tmp_path / "b.yaml").exists()
+
+
+def test_bad_space_is_refused_before_any_trial(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"base: [{ROOT / 'baseline.yaml'}]\nparams:\n  optim.lr: {{type: float, low: 0.1, high: 0.01}}\n")
+    code = main(["sweep", "--space", str(bad), "--trials", "2", "--storage", str(tmp_path / "j.journal"), "--quiet"])
+    assert code == 2
+    assert "optim.lr" in capsys.readouterr().err
+    assert not (tmp_path / "j.journal").exists()
+
+
+def test_two_workers_on_one_journal_finish_exactly_n_trials(synthetic_root: Path, tmp_path: Path) -> None:
+    space = write_space(tmp_path, synthetic_root, {"type": "none"})
+    journal = str(tmp_path / "optuna.journal")
+    cmd = [sys.executable, "-m", "harness", "sweep", "--space", str(space), "--trials", "5", "--storage", journal,
+           "--study-name", "shared", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--quiet"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    workers = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)]
+    outputs = [w.communicate(timeout=240)[0].decode() for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+    study = optuna.load_study(study_name="shared", storage=open_storage(journal))
+    trials = study.get_trials()
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 5
+    assert [t.number for t in trials] == list(range(len(trials)))
+    pids = {t.user_attrs["pid"] for t in trials}
+    assert len(pids) == 2, "both workers must have run trials"
