@@ -137,3 +137,36 @@ def test_two_workers_on_one_journal_finish_exactly_n_trials(synthetic_root: Path
     assert [t.number for t in trials] == list(range(len(trials)))
     pids = {t.user_attrs["pid"] for t in trials}
     assert len(pids) == 2, "both workers must have run trials"
+
+
+def test_a_failing_trial_is_recorded_with_its_reason_and_the_sweep_goes_on(
+    synthetic_root: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import harness.sweep.trial as trial_module
+
+    real_fit = trial_module.fit
+    calls = {"n": 0}
+
+    def flaky_fit(cfg, callbacks, run_dir, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second trial dies the way a CUDA OOM surfaces in torch
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_fit(cfg, callbacks, run_dir=run_dir, **kwargs)
+
+    monkeypatch.setattr(trial_module, "fit", flaky_fit)
+    monkeypatch.chdir(tmp_path)
+    space = write_space(tmp_path, synthetic_root, {"type": "none"})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    journal = str(tmp_path / "optuna.journal")
+    assert main(["sweep", "--space", str(space), "--trials", "2", "--storage", journal, "--study-name", "f",
+                 "--tracking-uri", uri, "--quiet"]) == 0
+    study = optuna.load_study(study_name="f", storage=open_storage(journal))
+    states = [t.state.name for t in study.get_trials()]
+    assert states == ["COMPLETE", "FAIL", "COMPLETE"]
+    failed = study.get_trials()[1]
+    assert failed.user_attrs["fail_reason"].startswith("oom: CUDA out of memory")
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("harness").experiment_id], "tags.`optuna.trial` = '1'")
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"
+    assert runs[0].data.tags["optuna.reason"].startswith("oom:")
+    assert failed.user_attrs["mlflow_run_id"] == runs[0].info.run_id

@@ -153,7 +153,9 @@ def print_summary(summary: SweepSummary, metric: str, top: int = 10) -> None:
     table = Table(title=f"study {summary.study_name}: top trials by {metric}", title_justify="left")
     shown = [r for r in summary.rows if r["state"] == "COMPLETE"][:top]
     marked = [r for r in summary.rows if r["origin"] != "sampled" and r not in shown]
-    params = [k for k in (shown + marked)[0] if k not in ("trial", "state", "origin", metric, "epochs", "reason")] if shown + marked else []
+    fixed_cols = ("trial", "state", "origin", metric, "epochs", "reason")
+    # Conditional params (focal gamma) exist only on some rows: the columns are their union.
+    params = list(dict.fromkeys(k for r in shown + marked for k in r if k not in fixed_cols))
     for col in ["trial", "origin", metric, "epochs", *params]:
         table.add_column(col, justify="right" if col in (metric, "epochs", "trial") else "left")
     for r in shown + marked:

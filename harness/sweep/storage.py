@@ -25,8 +25,9 @@ def open_storage(storage: str | None = None):
 
     storage = storage or DEFAULT_STORAGE
     if is_url(storage):
-        # Heartbeats let a restarted sweep see that a killed worker's trial is stale and fail it.
-        return optuna.storages.RDBStorage(storage, heartbeat_interval=30, grace_period=90)
+        # No Optuna heartbeat: it only runs inside study.optimize, and the sweep uses ask/tell. Dead
+        # workers' trials are found by host and pid instead (study.reap_dead_trials).
+        return optuna.storages.RDBStorage(storage)
     path = Path(storage.removeprefix("journal:").removeprefix("//"))
     path.parent.mkdir(parents=True, exist_ok=True)
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage

@@ -97,6 +97,7 @@ def run_trial(
         reason = f"{type(exc).__name__}: {exc}"
         if "out of memory" in str(exc).lower():
             reason = f"oom: {exc}"
+        tracker.ensure_run()
         tracker.set_tags({"optuna.state": "FAIL", "optuna.reason": reason[:5000], "traceback": traceback.format_exc()[-5000:]})
         tracker.finish("FAILED")
         return TrialOutcome("FAIL", None, reason, 0)

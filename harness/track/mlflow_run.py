@@ -120,15 +120,21 @@ class MLflowTracker(Callback):
         if self.run_id is not None:
             self.client.set_terminated(self.run_id, status)
 
+    def ensure_run(self) -> str:
+        """Create the run if no hook has yet, so a failure before training starts is still visible in MLflow."""
+        if self.run_id is None:
+            tags = {**self.tags}
+            if self.parent_run_id:
+                tags["mlflow.parentRunId"] = self.parent_run_id
+            self.run_id = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=tags).info.run_id
+            self.log_params(self.extra_params)
+        return self.run_id
+
     # --- callback hooks ------------------------------------------------------------------------
     def on_run_start(self, info: RunInfo) -> None:
         resumed = self.run_id is not None
         if not resumed:
-            tags = {**self.tags}
-            if self.parent_run_id:
-                tags["mlflow.parentRunId"] = self.parent_run_id
-            run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=tags)
-            self.run_id = run.info.run_id
+            self.ensure_run()
             params = flatten(info.config)
             params.update(
                 {
@@ -140,7 +146,6 @@ class MLflowTracker(Callback):
                     "info.shifted_blocks": info.shifted_blocks,
                     "info.frozen_bn": info.frozen_bn,
                     **{f"info.n_videos_{k}": v for k, v in info.n_videos.items()},
-                    **self.extra_params,
                 }
             )
             self.log_params(params)

@@ -196,12 +196,141 @@ def _metric(metrics: dict[str, float], name: str) -> float:
     return metrics[name]
 
 
-def _write_run_state(run_dir: Path, epoch: int, stopper: EarlyStopping, best_path: Path) -> None:
+@dataclass
+class _Session:
+    """Everything one run trains with; `state_dict()` is the whole resumable state, saved as `last.pt`."""
+
+    cfg: Config
+    device: torch.device
+    loaders: Any
+    class_counts: tuple[int, int]
+    model: nn.Module
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    stopper: EarlyStopping
+    epoch: int = 0
+    num_updates: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_history: list[dict[str, float]] = field(default_factory=list)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "early_stop": self.stopper.state_dict(),
+            "epoch": self.epoch,
+            "num_updates": self.num_updates,
+            "history": self.history,
+            "train_history": self.train_history,
+            "torch_rng": torch.get_rng_state(),
+            "config": self.cfg.model_dump(mode="json"),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.stopper.load_state_dict(state["early_stop"])
+        self.epoch, self.num_updates = state["epoch"], state["num_updates"]
+        self.history, self.train_history = list(state["history"]), list(state["train_history"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if self.scheduler is not None:
+            # The schedule is a pure function of the update count, so it needs no state of its own.
+            self.scheduler.step_update(self.num_updates)
+
+
+def _build_session(cfg: Config, manifest: pd.DataFrame | None, progress: bool) -> tuple[_Session, pd.DataFrame]:
+    from harness.data.dataset import build_loaders, class_counts
+    from harness.data.index import build_manifest
+    from harness.model.detector import build_detector
+    from harness.train.losses import build_loss
+    from harness.train.optim import build_optimizer, build_scheduler
+
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.train.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
+    if manifest is None:
+        manifest = build_manifest(cfg.data, progress=progress)
+    loaders = build_loaders(manifest, cfg.data, cfg.train.batch_size, cfg.seed, device.type)
+    counts = class_counts(manifest, "train")
+    model = build_detector(cfg.model, cfg.data.n_segment).to(device)
+    optimizer = build_optimizer(model, cfg.optim)
+    n_batches = len(loaders.train)
+    if cfg.train.max_train_batches is not None:
+        n_batches = min(n_batches, cfg.train.max_train_batches)
+    updates_per_epoch = math.ceil(n_batches / cfg.train.grad_accum_steps)
+    session = _Session(
+        cfg=cfg,
+        device=device,
+        loaders=loaders,
+        class_counts=counts,
+        model=model,
+        loss_fn=build_loss(cfg.loss, counts).to(device),
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, cfg.optim, cfg.train.epochs, updates_per_epoch),
+        # fp16 needs loss scaling against underflow; bf16 (CPU autocast) and fp32 do not.
+        scaler=torch.amp.GradScaler(device.type, enabled=cfg.train.amp and device.type == "cuda"),
+        stopper=EarlyStopping(cfg.early_stop.mode, cfg.early_stop.patience, cfg.early_stop.min_delta),
+    )
+    return session, manifest
+
+
+def _run_info(s: _Session, run_dir: Path, manifest: pd.DataFrame) -> RunInfo:
+    return RunInfo(
+        config=s.cfg,
+        run_dir=run_dir,
+        device=str(s.device),
+        n_params=sum(p.numel() for p in s.model.parameters()),
+        class_counts=s.class_counts,
+        pos_weight=getattr(s.loss_fn, "pos_weight", None),
+        start_epoch=s.epoch + 1,
+        n_videos={split: int((manifest["split"] == split).sum()) for split in ("train", "val", "test")},
+        shifted_blocks=len(getattr(s.model, "shifted_blocks", [])),
+        frozen_bn=len(getattr(s.model, "frozen_bn", [])),
+    )
+
+
+def _train_epoch(s: _Session, epoch: int, progress: bool) -> dict[str, float]:
+    """One epoch of training plus the per-epoch CUDA housekeeping the advice asks for."""
+    _reseed_loader(s.loaders.train, s.cfg.seed, epoch)
+    cuda = s.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(s.device)
+    metrics, s.num_updates = train_one_epoch(
+        s.model, s.loaders.train, s.loss_fn, s.optimizer, s.scaler, s.scheduler, s.cfg, s.device, epoch,
+        s.num_updates, progress,
+    )
+    if cuda:
+        metrics["gpu_peak_mem_mb"] = torch.cuda.max_memory_allocated(s.device) / 2**20
+        if s.cfg.train.empty_cache_each_epoch:
+            torch.cuda.empty_cache()
+    return metrics
+
+
+def _validate(s: _Session, epoch: int, best_path: Path, callbacks: Callback) -> bool:
+    """Validate, step early stopping, save `best` on improvement; returns the callbacks' verdict."""
+    metrics, _ = evaluate(s.model, s.loaders.val, s.loss_fn, s.cfg, s.device, prefix="val_")
+    plain = {k.removeprefix("val_"): v for k, v in metrics.items()}
+    improved = s.stopper.step(_metric(plain, s.cfg.early_stop.metric), epoch)
+    metrics["best_" + s.cfg.early_stop.metric] = s.stopper.best if s.stopper.best is not None else math.nan
+    s.history.append({"epoch": epoch, **metrics})
+    if improved:
+        best = {"model": s.model.state_dict(), "epoch": epoch, "metric": s.stopper.best, "config": s.cfg.model_dump(mode="json")}
+        save_checkpoint(best, best_path)
+        callbacks.on_checkpoint("best", best_path, epoch)
+    return callbacks.on_validation(epoch, metrics)
+
+
+def _write_run_state(run_dir: Path, s: _Session, best_path: Path) -> None:
     """A human-readable sidecar of where the run stands; `last.pt` holds the full state."""
     state = {
-        "epoch": epoch,
-        "best_epoch": stopper.best_epoch,
-        "best_value": stopper.best,
+        "epoch": s.epoch,
+        "best_epoch": s.stopper.best_epoch,
+        "best_value": s.stopper.best,
         "best_model_path": str(best_path.resolve()) if best_path.exists() else None,
         "last_model_path": str((run_dir / "last.pt").resolve()),
     }
@@ -219,145 +348,56 @@ def fit(
     progress: bool = True,
 ) -> TrainResult:
     """Train one config to the end (or early stop / callback stop / NaN) and score the test split once."""
-    from harness.data.dataset import build_loaders, class_counts
-    from harness.data.index import build_manifest
-    from harness.model.detector import build_detector
-    from harness.train.losses import build_loss
-    from harness.train.optim import build_optimizer, build_scheduler
-
     callbacks = callbacks or Callback()
     run_dir = Path(run_dir or cfg.train.output_dir / time.strftime("run-%Y%m%d-%H%M%S"))
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml", header="resolved config of this run")
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.train.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
-
-    if manifest is None:
-        manifest = build_manifest(cfg.data, progress=progress)
-    loaders = build_loaders(manifest, cfg.data, cfg.train.batch_size, cfg.seed, device.type)
-    counts = class_counts(manifest, "train")
-
-    model = build_detector(cfg.model, cfg.data.n_segment).to(device)
-    loss_fn = build_loss(cfg.loss, counts).to(device)
-    optimizer = build_optimizer(model, cfg.optim)
-    n_batches = len(loaders.train)
-    if cfg.train.max_train_batches is not None:
-        n_batches = min(n_batches, cfg.train.max_train_batches)
-    updates_per_epoch = math.ceil(n_batches / cfg.train.grad_accum_steps)
-    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.epochs, updates_per_epoch)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp and device.type == "cuda")
-    stopper = EarlyStopping(cfg.early_stop.mode, cfg.early_stop.patience, cfg.early_stop.min_delta)
-
-    start_epoch, num_updates = 1, 0
-    history: list[dict[str, float]] = []
-    train_history: list[dict[str, float]] = []
-    best_path, last_path = run_dir / "best.pt", run_dir / "last.pt"
+    s, manifest = _build_session(cfg, manifest, progress)
     if resume is not None:
-        state = load_checkpoint(resume, map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        stopper.load_state_dict(state["early_stop"])
-        start_epoch, num_updates = state["epoch"] + 1, state["num_updates"]
-        history, train_history = list(state["history"]), list(state["train_history"])
-        torch.set_rng_state(state["torch_rng"].cpu())
-        if scheduler is not None:
-            scheduler.step_update(num_updates)
+        s.load_state_dict(load_checkpoint(resume, map_location=s.device))
+    callbacks.on_run_start(_run_info(s, run_dir, manifest))
 
-    callbacks.on_run_start(
-        RunInfo(
-            config=cfg,
-            run_dir=run_dir,
-            device=str(device),
-            n_params=sum(p.numel() for p in model.parameters()),
-            class_counts=counts,
-            pos_weight=getattr(loss_fn, "pos_weight_value", None),
-            start_epoch=start_epoch,
-            n_videos={s: int((manifest["split"] == s).sum()) for s in ("train", "val", "test")},
-            shifted_blocks=len(getattr(model, "shifted_blocks", [])),
-            frozen_bn=len(getattr(model, "frozen_bn", [])),
-        )
-    )
+    best_path, last_path = run_dir / "best.pt", run_dir / "last.pt"
     val_epochs = set(validation_epochs(cfg.train.epochs, cfg.train.val_every))
-    status, reason, epoch = "completed", f"ran all {cfg.train.epochs} epochs", start_epoch - 1
-    for epoch in range(start_epoch, cfg.train.epochs + 1):
-        _reseed_loader(loaders.train, cfg.seed, epoch)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+    status, reason = "completed", f"ran all {cfg.train.epochs} epochs"
+    for epoch in range(s.epoch + 1, cfg.train.epochs + 1):
         try:
-            train_metrics, num_updates = train_one_epoch(
-                model, loaders.train, loss_fn, optimizer, scaler, scheduler, cfg, device, epoch, num_updates, progress
-            )
+            train_metrics = _train_epoch(s, epoch, progress)
         except NonFiniteLoss as exc:
             status, reason = "nan", str(exc)
             break
-        if device.type == "cuda":
-            train_metrics["gpu_peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-            if cfg.train.empty_cache_each_epoch:
-                torch.cuda.empty_cache()
-        train_history.append({"epoch": epoch, **train_metrics})
+        s.train_history.append({"epoch": epoch, **train_metrics})
         callbacks.on_epoch_end(epoch, train_metrics)
-
-        keep_going = True
-        if epoch in val_epochs:
-            val_metrics, _ = evaluate(model, loaders.val, loss_fn, cfg, device, prefix="val_")
-            plain = {k.removeprefix("val_"): v for k, v in val_metrics.items()}
-            improved = stopper.step(_metric(plain, cfg.early_stop.metric), epoch)
-            val_metrics["best_" + cfg.early_stop.metric] = stopper.best if stopper.best is not None else math.nan
-            history.append({"epoch": epoch, **val_metrics})
-            if improved:
-                save_checkpoint(
-                    {"model": model.state_dict(), "epoch": epoch, "metric": stopper.best, "config": cfg.model_dump(mode="json")},
-                    best_path,
-                )
-                callbacks.on_checkpoint("best", best_path, epoch)
-            keep_going = callbacks.on_validation(epoch, val_metrics)
-        save_checkpoint(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "early_stop": stopper.state_dict(),
-                "epoch": epoch,
-                "num_updates": num_updates,
-                "history": history,
-                "train_history": train_history,
-                "torch_rng": torch.get_rng_state(),
-                "config": cfg.model_dump(mode="json"),
-            },
-            last_path,
-        )
+        keep_going = _validate(s, epoch, best_path, callbacks) if epoch in val_epochs else True
+        s.epoch = epoch
+        save_checkpoint(s.state_dict(), last_path)
         callbacks.on_checkpoint("last", last_path, epoch)
-        _write_run_state(run_dir, epoch, stopper, best_path)
+        _write_run_state(run_dir, s, best_path)
         if not keep_going:
             status, reason = "stopped", f"stopped by a callback after validating epoch {epoch}"
             break
-        if epoch in val_epochs and stopper.should_stop:
+        if epoch in val_epochs and s.stopper.should_stop:
             status = "early_stopped"
             reason = (
-                f"{cfg.early_stop.metric} did not improve by {cfg.early_stop.min_delta} "
-                f"for {cfg.early_stop.patience} validations (best {stopper.best:.4f} at epoch {stopper.best_epoch})"
+                f"{cfg.early_stop.metric} did not improve by {cfg.early_stop.min_delta} for "
+                f"{cfg.early_stop.patience} validations (best {s.stopper.best:.4f} at epoch {s.stopper.best_epoch})"
             )
             break
 
     result = TrainResult(
         status=status,
         reason=reason,
-        epochs_run=epoch,
-        best_epoch=stopper.best_epoch,
-        best_value=stopper.best,
+        epochs_run=s.epoch if status != "nan" else s.epoch + 1,
+        best_epoch=s.stopper.best_epoch,
+        best_value=s.stopper.best,
         best_model_path=best_path if best_path.exists() else None,
         last_model_path=last_path if last_path.exists() else None,
         run_dir=run_dir,
-        history=history,
-        train_history=train_history,
+        history=s.history,
+        train_history=s.train_history,
     )
     if status in ("completed", "early_stopped") and result.best_model_path is not None:
-        model.load_state_dict(load_checkpoint(best_path, map_location=device)["model"])
-        result.test_metrics, result.test_videos = evaluate(
-            model, loaders.test, loss_fn, cfg, device, prefix="test_"
-        )
+        s.model.load_state_dict(load_checkpoint(best_path, map_location=s.device)["model"])
+        result.test_metrics, result.test_videos = evaluate(s.model, s.loaders.test, s.loss_fn, cfg, s.device, prefix="test_")
     callbacks.on_run_end(result)
     return result
