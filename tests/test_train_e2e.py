@@ -67,6 +67,14 @@ def test_same_seed_gives_same_metrics(synthetic_root: Path, tmp_path: Path) -> N
     assert one.train_history[0]["train_loss"] == two.train_history[0]["train_loss"]
 
 
+def test_an_unknown_early_stop_metric_is_a_config_error(synthetic_root: Path, tmp_path: Path) -> None:
+    from harness.errors import ConfigError
+
+    cfg = load_config([ROOT / "baseline.yaml"], tiny_overrides(synthetic_root, tmp_path) + ["early_stop.metric=video_acu"])
+    with pytest.raises(ConfigError, match="early_stop.metric must be one of .*video_auc.*but got 'video_acu'"):
+        fit(cfg, run_dir=tmp_path / "x", progress=False)
+
+
 def test_nan_loss_ends_the_run_with_a_reason_not_a_traceback(synthetic_root: Path, tmp_path: Path, monkeypatch) -> None:
     import harness.train.losses as losses
 
@@ -110,6 +118,8 @@ def test_harness_train_lands_a_complete_mlflow_run(synthetic_root: Path, tmp_pat
     assert sorted(m.step for m in history) == [2, 4]  # recommended validates every 2 epochs
     assert [m.step for m in client.get_metric_history(run.info.run_id, "lr")] == [1, 2, 3, 4]
     assert "test_video_auc" in run.data.metrics and "val_attention_entropy" in run.data.metrics
+    # recommended monitors clip AUC beside video AUC
+    assert run.data.metrics["best_clip_auc"] == max(m.value for m in client.get_metric_history(run.info.run_id, "val_clip_auc"))
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "curves.png", "roc.png", "checkpoints"} <= artifacts
     assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.pt"]
