@@ -83,6 +83,19 @@ class DataConfig(_Section):
     min_frames: PositiveInt = Field(8, description="videos with fewer frames are skipped; shorter than the span are sampled with repeats")
     sampler: Literal["none", "balanced"] = Field("none", description="balanced: WeightedRandomSampler with equal expected classes")
     num_workers: int = Field(0, ge=0)
+    cache: bool = Field(
+        True,
+        description="decode each video once into a memory-mapped uint8 frame cache (at input_size) under cache_dir, "
+        "shared by every run, trial and loader worker; false decodes every clip again",
+    )
+    cache_dir: Path | None = Field(
+        None, description="where the frame cache lives (default: <root>/.harness_frame_cache, or next to the CSV for source csv)"
+    )
+    cache_stride: PositiveInt = Field(
+        1,
+        description="keep every k-th frame: clips sample only frames 0, k, 2k, ... (cache on or off alike), "
+        "and the cache needs k times less disk",
+    )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
 
@@ -128,6 +141,9 @@ class TrainConfig(_Section):
     empty_cache_each_epoch: bool = False
     val_every: PositiveInt = Field(1, description="validate every N epochs and always at the last")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    channels_last: bool = Field(
+        True, description="CUDA only: the model in channels_last memory format (measured 1.2-2x faster steps on an H200)"
+    )
     max_train_batches: PositiveInt | None = Field(None, description="cap per epoch, for smoke runs")
     output_dir: Path = Field(Path("runs"), description="checkpoints live in output_dir/<run name>/")
 

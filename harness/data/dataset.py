@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomS
 
 from harness.config.schema import DataConfig
 from harness.data.augment import ClipAugment
+from harness.data.cache import CachedReader, frame_cache_for, snap_to_stride
 from harness.data.readers import make_reader
 from harness.data.sampling import clip_span, sample_segment_indices, spread_window_starts
 from harness.errors import DataError
@@ -38,7 +39,11 @@ class ClipDataset(Dataset):
         self._labels = self.manifest["label"].astype(int).to_numpy()
         self._n_frames = self.manifest["n_frames"].astype(int).to_numpy()
         self._spans = [clip_span(fps, data_cfg.clip_seconds) for fps in self.manifest["fps"].astype(float)]
+        self._stride = data_cfg.cache_stride
         self._reader = make_reader(data_cfg.backend)
+        if data_cfg.cache:
+            n_frames = dict(zip(self._paths, self._n_frames.tolist()))
+            self._reader = CachedReader(frame_cache_for(data_cfg), self._reader, n_frames)
         self._augment = ClipAugment(data_cfg.augment) if train else None
         # Shared memory: persistent DataLoader workers hold copies of this dataset, and must still see
         # the epoch the main process sets.
@@ -58,9 +63,12 @@ class ClipDataset(Dataset):
     def _indices(self, index: int, video: int, clip: int, rng: np.random.Generator | None) -> np.ndarray:
         n_frames, span = int(self._n_frames[video]), self._spans[video]
         if rng is not None:
-            return sample_segment_indices(n_frames, self.n_segment, span, rng)
-        start = spread_window_starts(n_frames, span, self.clips_per_video)[clip]
-        return sample_segment_indices(n_frames, self.n_segment, span, None, start=int(start))
+            indices = sample_segment_indices(n_frames, self.n_segment, span, rng)
+        else:
+            start = spread_window_starts(n_frames, span, self.clips_per_video)[clip]
+            indices = sample_segment_indices(n_frames, self.n_segment, span, None, start=int(start))
+        # Cache on or off, clips use only the frames a strided cache keeps, so the cache is a pure speed knob.
+        return snap_to_stride(indices, self._stride)
 
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self):

@@ -85,7 +85,10 @@ class DecordReader:
                 return decord.VideoReader(path, num_threads=1)
             return decord.VideoReader(path, width=size, height=size, num_threads=1)
 
-        return self._readers.get((path, size), make)
+        # The file's stamp is part of the key: a video rewritten in place (the frame cache relies on this)
+        # must not be served by a decoder still open on its old contents.
+        st = os.stat(path)
+        return self._readers.get((path, size, st.st_size, st.st_mtime_ns), make)
 
     def read(self, path: str, indices: np.ndarray, size: int) -> np.ndarray:
         import decord
@@ -102,7 +105,7 @@ class DecordReader:
                     self._native_fallback.add(key)
             reader = self._open(path, None)
             frames = _expand(lambda idx: reader.get_batch(idx).asnumpy(), indices)
-        except (decord.DECORDError, RuntimeError) as error:  # decord raises RuntimeError when it cannot open
+        except (decord.DECORDError, RuntimeError, OSError) as error:  # decord raises RuntimeError when it cannot open
             raise DataError(f"{path} must decode, but decord failed: {str(error).splitlines()[0]}") from error
         return np.stack([resize_frame(f, size) for f in frames])
 

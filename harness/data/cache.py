@@ -1,0 +1,258 @@
+"""The frame cache: each video decoded once, resized to the model's input, kept as a memory-mapped uint8 array.
+
+A sweep reads the same videos trials x epochs times; decoding an h264 clip costs tens of
+milliseconds, copying it out of a memory map a fraction of one. One `.npy` file per video holds
+every stored frame (every `stride`-th), (n_stored, size, size, 3) uint8, written through the same
+reader a run without the cache uses, so cached frames equal freshly decoded ones.
+
+Layout: `<cache_dir>/v1-<backend>-<size>px-stride<k>/<hash of the video path>/<file size>-<mtime ns>.npy`,
+with cache_dir `data.cache_dir` or else `<data.root>/.harness_frame_cache`.
+A changed video gets a new name (and the stale entry is removed), so nothing is served stale.
+Each video has its own lock: of two processes building one cache, one decodes a video while the
+other skips to the next one and later reads what the first wrote. Entries are written to a
+temporary file and renamed, so a reader never sees half an entry. Every decode appends one line
+to `decodes.log`, which is how a sweep proves it decoded each video once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from harness.config.schema import DataConfig
+from harness.data.readers import FrameReader, _LRU, make_reader
+from harness.errors import DataError
+
+__all__ = ["FrameCache", "CachedReader", "CacheStats", "frame_cache_for", "build_cache", "snap_to_stride", "DEFAULT_CACHE_FOLDER"]
+
+_VERSION = 1
+_CHUNK = 64  # frames decoded per read while filling an entry: bounds memory for long videos
+_DECODE_LOG = "decodes.log"
+
+
+def snap_to_stride(indices: np.ndarray, stride: int) -> np.ndarray:
+    """Frame indices moved down to the nearest stored frame (a multiple of `stride`)."""
+    indices = np.asarray(indices, dtype=np.int64)
+    return indices if stride == 1 else (indices // stride) * stride
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    videos: int  # videos in the manifest
+    decoded: int  # decoded by this call
+    reused: int  # already in the cache (or written meanwhile by another process)
+    bytes: int  # size of the entries of these videos on disk
+    seconds: float
+
+
+class FrameCache:
+    """Entries of one (backend, size, stride) setting under `root`; safe to share between processes."""
+
+    def __init__(self, root: Path, size: int, stride: int = 1, backend: str = "decord") -> None:
+        if size < 1 or stride < 1:
+            raise DataError(f"cache size and stride must be >= 1, but got size={size}, stride={stride}")
+        self.root = Path(root)
+        self.size = size
+        self.stride = stride
+        self.backend = backend
+        self.dir = self.root / f"v{_VERSION}-{backend}-{size}px-stride{stride}"
+
+    def __repr__(self) -> str:
+        return f"FrameCache({str(self.dir)!r})"
+
+    def n_stored(self, n_frames: int) -> int:
+        return -(-n_frames // self.stride)  # frames 0, k, 2k, ... below n_frames
+
+    def frame_bytes(self) -> int:
+        return self.size * self.size * 3
+
+    def _video_dir(self, video: str) -> Path:
+        return self.dir / hashlib.sha1(os.path.abspath(video).encode()).hexdigest()[:20]
+
+    def entry_path(self, video: str) -> Path:
+        """The entry for the video as it is now on disk: its size and mtime are in the name."""
+        try:
+            st = os.stat(video)
+        except OSError as error:
+            raise DataError(f"{video} must exist to be cached, but: {error.strerror}") from None
+        # A frame folder's mtime changes when images are added or removed; its size is not meaningful.
+        size = 0 if os.path.isdir(video) else st.st_size
+        return self._video_dir(video) / f"{size}-{st.st_mtime_ns}.npy"
+
+    def has(self, video: str) -> bool:
+        return self.entry_path(video).is_file()
+
+    @contextmanager
+    def _video_lock(self, video: str, blocking: bool) -> Iterator[bool]:
+        """Hold the video's lock (True), or yield False at once when another process holds it and not blocking."""
+        folder = self._video_dir(video)
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def ensure(self, video: str, n_frames: int, reader: FrameReader, blocking: bool = True) -> bool | None:
+        """Make sure the video's entry exists: True if this call decoded it, False if it was there,
+        None if another process is building it and `blocking` is false."""
+        entry = self.entry_path(video)
+        if entry.is_file():
+            return False
+        with self._video_lock(video, blocking) as held:
+            if not held:
+                return None
+            if entry.is_file():  # built by the process we waited for
+                return False
+            self._write_entry(video, n_frames, entry, reader)
+            return True
+
+    def _write_entry(self, video: str, n_frames: int, entry: Path, reader: FrameReader) -> None:
+        stored = np.arange(0, n_frames, self.stride)
+        tmp = entry.with_name(f".{entry.stem}.{os.getpid()}.tmp.npy")
+        try:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(stored), self.size, self.size, 3))
+            for start in range(0, len(stored), _CHUNK):
+                out[start:start + _CHUNK] = reader.read(video, stored[start:start + _CHUNK], self.size)
+            out.flush()
+            del out
+            os.replace(tmp, entry)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        for stale in entry.parent.glob("*.npy"):  # entries of earlier versions of this file
+            if stale != entry:
+                stale.unlink(missing_ok=True)
+        # O_APPEND writes this short must not interleave, so concurrent builders share one log.
+        with open(self.dir / _DECODE_LOG, "a") as log:
+            log.write(f"{time.time():.3f}\t{os.getpid()}\t{os.path.abspath(video)}\n")
+
+    def load(self, video: str) -> np.ndarray:
+        """The whole entry as a read-only memory map (n_stored, size, size, 3); FileNotFoundError if absent."""
+        return np.load(self.entry_path(video), mmap_mode="r")
+
+    def decode_counts(self, since: float = 0.0) -> Counter:
+        """How often each video was decoded into this cache since `since` (a time.time() value)."""
+        counts: Counter = Counter()
+        log = self.dir / _DECODE_LOG
+        if not log.is_file():
+            return counts
+        for line in log.read_text().splitlines():
+            stamp, _, path = line.split("\t", 2)
+            if float(stamp) >= since:
+                counts[path] += 1
+        return counts
+
+    def disk_bytes(self) -> int:
+        """Bytes of every entry under this setting's folder."""
+        return sum(p.stat().st_size for p in self.dir.glob("*/*.npy")) if self.dir.is_dir() else 0
+
+
+class CachedReader:
+    """A FrameReader that serves frames from a FrameCache, decoding a missing video whole on first use.
+
+    `n_frames` maps each video path to its length (the manifest's n_frames), needed to fill an entry.
+    """
+
+    def __init__(self, cache: FrameCache, decoder: FrameReader, n_frames: dict[str, int], open_maps: int = 256) -> None:
+        self.cache = cache
+        self.decoder = decoder
+        self.n_frames = n_frames
+        # Open memory maps per process, keyed by entry (so a changed video opens its new entry).
+        self._maps = _LRU(open_maps)
+
+    def read(self, path: str, indices: np.ndarray, size: int) -> np.ndarray:
+        if size != self.cache.size:
+            raise DataError(f"a read from {self.cache} must ask for size {self.cache.size}, but got {size}")
+        entry = self.cache.entry_path(path)
+        try:
+            frames = self._maps.get(entry, lambda: np.load(entry, mmap_mode="r"))
+        except FileNotFoundError:
+            if path not in self.n_frames:
+                raise DataError(f"{path} must be in the manifest to be cached, but it is not") from None
+            self.cache.ensure(path, self.n_frames[path], self.decoder)
+            entry = self.cache.entry_path(path)
+            frames = self._maps.get(entry, lambda: np.load(entry, mmap_mode="r"))
+        positions = np.asarray(indices, dtype=np.int64) // self.cache.stride
+        if positions.size and (positions.min() < 0 or positions.max() >= len(frames)):
+            raise DataError(f"frame indices of {path} must lie in [0, {len(frames) * self.cache.stride}), but got {indices}")
+        return frames[positions]  # fancy indexing copies: (T, size, size, 3) uint8
+
+
+DEFAULT_CACHE_FOLDER = ".harness_frame_cache"
+
+
+def frame_cache_for(data_cfg: DataConfig) -> FrameCache:
+    """The cache a config reads from: data.cache_dir, else beside the data (its size, stride and backend pick the folder)."""
+    root = data_cfg.cache_dir
+    if root is None:
+        # Beside the data, like the manifest cache: the same videos share one cache whatever the working folder.
+        base = Path(data_cfg.manifest).parent if data_cfg.source == "csv" and data_cfg.manifest else Path(data_cfg.root)
+        root = base / DEFAULT_CACHE_FOLDER
+    return FrameCache(Path(root).resolve(), data_cfg.input_size, data_cfg.cache_stride, data_cfg.backend)
+
+
+def _check_disk(cache: FrameCache, missing: pd.DataFrame) -> None:
+    need = int(sum(cache.n_stored(int(n)) for n in missing["n_frames"])) * cache.frame_bytes()
+    cache.dir.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(cache.dir).free
+    if need > 0.95 * free:
+        raise DataError(
+            f"the frame cache must fit on disk, but it needs {need / 2**30:.1f} GiB under {cache.dir} and only "
+            f"{free / 2**30:.1f} GiB are free; raise data.cache_stride, point data.cache_dir at a larger disk, "
+            f"or set data.cache=false"
+        )
+
+
+def build_cache(
+    manifest: pd.DataFrame, data_cfg: DataConfig, progress: bool = True, reader: FrameReader | None = None
+) -> CacheStats:
+    """Decode every manifest video that is not cached yet; safe to run in several processes at once.
+
+    Videos another process is building are skipped at first and waited for at the end, so two
+    builders split the work instead of decoding the same videos. `reader` defaults to the backend's.
+    """
+    start = time.perf_counter()
+    cache = frame_cache_for(data_cfg)
+    rows = manifest[["path", "n_frames"]].drop_duplicates("path")
+    missing = rows[[not cache.has(str(p)) for p in rows["path"]]]
+    if not missing.empty:
+        _check_disk(cache, missing)
+    reader = reader or make_reader(data_cfg.backend)  # the reader a run without the cache would use
+    decoded, deferred = 0, []
+    bar = tqdm(total=len(rows), initial=len(rows) - len(missing), desc=f"frame cache {cache.size}px",
+               unit="video", disable=not progress or missing.empty)
+    for path, n_frames in missing.itertuples(index=False):
+        done = cache.ensure(str(path), int(n_frames), reader, blocking=False)
+        if done is None:
+            deferred.append((str(path), int(n_frames)))
+            continue
+        decoded += int(done)
+        bar.update(1)
+    for path, n_frames in deferred:
+        decoded += int(cache.ensure(path, n_frames, reader, blocking=True))
+        bar.update(1)
+    bar.close()
+    size = sum(cache.entry_path(str(p)).stat().st_size for p in rows["path"])
+    return CacheStats(len(rows), decoded, len(rows) - decoded, size, time.perf_counter() - start)
+
