@@ -95,6 +95,27 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- cache -----------------------------------------------------------------------------------
+def _cache_args(p: argparse.ArgumentParser) -> None:
+    _add_config_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from harness.config import load_config
+    from harness.data.cache import build_cache, frame_cache_for
+    from harness.data.index import build_manifest
+
+    cfg = load_config(args.config, args.overrides)
+    manifest = build_manifest(cfg.data, progress=not args.quiet)
+    stats = build_cache(manifest, cfg.data, progress=not args.quiet)
+    print(f"frame cache {frame_cache_for(cfg.data).dir}: {stats.videos} videos ({stats.decoded} decoded now, "
+          f"{stats.reused} already cached), {stats.bytes / 2**20:.1f} MiB, {stats.seconds:.1f} s")
+    if not cfg.data.cache:
+        print("note: data.cache is false in this config, so runs with it decode every clip instead of reading this cache")
+    return 0
+
+
 # --- train -----------------------------------------------------------------------------------
 def _train_args(p: argparse.ArgumentParser) -> None:
     _add_config_args(p, required=False)
@@ -224,6 +245,7 @@ Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argpar
 COMMANDS: dict[str, Command] = {
     "synth": ("write the embedded synthetic FF++-shaped data set", _synth_args, cmd_synth),
     "index": ("index a FaceForensics++ tree into a manifest CSV", _index_args, cmd_index),
+    "cache": ("decode every video of a config's data once into the frame cache that runs and sweeps share", _cache_args, cmd_cache),
     "train": ("train one config, logged to MLflow", _train_args, cmd_train),
     "sweep": ("run (or resume) an Optuna study over config keys; every trial an MLflow run", _sweep_args, cmd_sweep),
     "export-best": ("write the study's best trial as a complete config YAML", _export_args, cmd_export_best),

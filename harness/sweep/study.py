@@ -11,10 +11,13 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.config.loading import flatten
 from harness.errors import StudyError
+
+if TYPE_CHECKING:
+    from harness.config.schema import DataConfig
 
 __all__ = ["SweepSummary", "run_sweep", "finished_count", "reap_dead_trials"]
 
@@ -114,6 +117,26 @@ def _close_orphan_runs(client, parent_run_id: str, study) -> int:
     return closed
 
 
+def _log_decode_counts(client: Any, parent_run_id: str, data_cfg: DataConfig, since: float) -> dict[str, float]:
+    """Log to the parent run how often videos were decoded into the frame cache while this sweep ran.
+
+    `cache_max_decodes_per_video` is 1 when the sweep decoded each video once, 0 when it found them all cached.
+    """
+    from harness.data.cache import frame_cache_for
+
+    cache = frame_cache_for(data_cfg)
+    counts = cache.decode_counts(since)
+    metrics = {
+        "cache_decodes": float(sum(counts.values())),
+        "cache_videos_decoded": float(len(counts)),
+        "cache_max_decodes_per_video": float(max(counts.values(), default=0)),
+        "cache_size_mb": cache.disk_bytes() / 2**20,
+    }
+    for key, value in metrics.items():
+        client.log_metric(parent_run_id, key, value)
+    return metrics
+
+
 def run_sweep(
     space_path: Path,
     trials: int,
@@ -126,6 +149,7 @@ def run_sweep(
     import optuna
     from optuna.trial import TrialState
 
+    from harness.data.cache import build_cache
     from harness.data.index import build_manifest
     from harness.sweep.report import log_study_artifacts, summarise
     from harness.sweep.space import build_pruner, build_sampler, load_space
@@ -145,6 +169,10 @@ def run_sweep(
     enqueue = space.enqueue_params()
     base_cfg = space.config_for(enqueue[0] if enqueue else {})
     manifest = build_manifest(base_cfg.data, progress=progress)
+    cache_since = time.time()
+    if base_cfg.data.cache:
+        # Every trial and worker then reads frames from the cache; with two workers, each builds half.
+        build_cache(manifest, base_cfg.data, progress=progress)
 
     with storage_lock(storage_uri):
         study = optuna.create_study(
@@ -227,5 +255,7 @@ def run_sweep(
 
     summary = summarise(study, metric, base_cfg.train.epochs, parent_run_id, time.perf_counter() - started, ran_here)
     log_study_artifacts(client, parent_run_id, study, summary)
+    if base_cfg.data.cache:
+        _log_decode_counts(client, parent_run_id, base_cfg.data, cache_since)
     client.set_terminated(parent_run_id, "FINISHED")
     return summary
