@@ -1,0 +1,133 @@
+"""GPU check of the input pipeline: does the frame cache keep the accelerator fed at the user's setting?
+
+At batch 32 x 8 segments x 224x224 (MobileNetV4-conv-small + TSM, the baseline model), with the
+trainer's real loaders and `train_one_epoch`, one line per setting:
+  - loader only: clips/s of the decord loader vs the cached loader (same workers, second epoch);
+  - training: clips/s and peak GPU memory, decord vs cache x fp32 vs AMP (channels_last on), and
+    the cached fp32 run with channels_last off;
+  - augmentation (hflip + ColorJitter(0.2, 0.2, 0.2, 0.1)): per clip on one CPU core vs per clip
+    on the GPU, as clips/s, to compare with the training rate.
+The demo videos are 64x64, decoded and upscaled to 224 by decord, so decoding them is cheaper
+than decoding real 224+ px FF++ videos: the decord figures are an upper bound on decord's speed.
+
+Usage (about 3 minutes on an H200, after the demo data exists under --data):
+  python bench/gpu_loader.py --data data/synthetic [--workers 8] [--batches 20]
+Smoke test without a GPU: python bench/gpu_loader.py --device cpu --size 64 --batch 4 --batches 2 --workers 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch
+
+from harness.config import load_config
+from harness.config.schema import AugmentConfig, Config
+from harness.data.augment import ClipAugment
+from harness.data.cache import build_cache
+from harness.data.dataset import build_loaders
+from harness.data.index import build_manifest
+from harness.train import trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_config(args: argparse.Namespace, cache: bool, amp: bool, channels_last: bool) -> Config:
+    return load_config(
+        [ROOT / "baseline.yaml", ROOT / "configs/demo.yaml"],
+        [f"data.root={args.data.resolve()}", f"data.input_size={args.size}", f"data.num_workers={args.workers}",
+         f"data.cache={cache}", f"train.batch_size={args.batch}", f"train.amp={amp}", f"train.device={args.device}",
+         f"train.channels_last={channels_last}", f"train.max_train_batches={args.batches}", "train.cudnn_benchmark=true"],
+    )
+
+
+def loader_rate(cfg: Config, manifest, device: str) -> float:
+    """Clips/s of the train loader alone in its second epoch (workers started, maps open), copied to the device."""
+    loaders = build_loaders(manifest, cfg.data, cfg.train.batch_size, cfg.seed, device)
+    rate = 0.0
+    for epoch in (1, 2):
+        loaders.train_dataset.set_epoch(epoch)
+        n, t0 = 0, time.perf_counter()
+        for i, batch in enumerate(loaders.train):
+            if i >= cfg.train.max_train_batches:
+                break
+            batch["clip"].to(device, non_blocking=True)
+            n += len(batch["label"])
+        if device == "cuda":
+            torch.cuda.synchronize()
+        rate = n / (time.perf_counter() - t0)
+    return rate
+
+
+def train_rate(cfg: Config, manifest) -> tuple[float, float]:
+    """Clips/s of `train_one_epoch` in the second epoch, and its peak GPU memory in GiB."""
+    # The trainer's own session, so channels_last, cudnn.benchmark and the loaders are what `fit` uses.
+    s, _ = trainer._build_session(cfg, manifest, progress=False)
+    rate, peak = 0.0, float("nan")
+    for epoch in (1, 2):
+        metrics = trainer._train_epoch(s, epoch, progress=False)
+        rate, peak = metrics["clips_per_s"], metrics.get("gpu_peak_mem_mb", float("nan")) / 1024
+    return rate, peak
+
+
+def augment_rates(size: int, device: str) -> tuple[float, float]:
+    augment = ClipAugment(AugmentConfig(hflip=True, color_jitter=[0.2, 0.2, 0.2, 0.1]))
+    clip = torch.randint(0, 256, (8, 3, size, size), dtype=torch.uint8)
+    rates = []
+    for where in ("cpu", device):
+        x = clip.to(where)
+        augment(x)
+        times = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            augment(x)
+            if where == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        rates.append(1 / statistics.median(times))
+    return rates[0], rates[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=ROOT / "data/synthetic", help="synthetic demo tree (made on first use)")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batches", type=int, default=20, help="train batches per epoch (two epochs per setting)")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    parser.add_argument("--device", default="cuda")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) - args.workers))
+    name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    print(f"device: {name}, torch {torch.__version__}, {os.cpu_count()} CPU cores, {args.workers} loader workers; "
+          f"batch {args.batch} x 8 x {args.size}x{args.size}, {args.batches} batches per epoch")
+
+    cfg = make_config(args, cache=True, amp=False, channels_last=True)
+    manifest = build_manifest(cfg.data, progress=False)
+    stats = build_cache(manifest, cfg.data, progress=False)
+    print(f"cache: {stats.videos} videos, {stats.bytes / 2**30:.2f} GiB at {args.size}px, built in {stats.seconds:.1f} s "
+          f"({stats.decoded} decoded)")
+
+    rates = {cache: loader_rate(make_config(args, cache, False, True), manifest, args.device) for cache in (False, True)}
+    print(f"loader only: decord {rates[False]:.0f} clips/s, cache {rates[True]:.0f} clips/s "
+          f"({rates[True] / rates[False]:.1f}x)")
+    for cache, amp, channels_last in ((False, False, True), (True, False, True), (False, True, True),
+                                      (True, True, True), (True, False, False)):
+        rate, peak = train_rate(make_config(args, cache, amp, channels_last), manifest)
+        print(f"train: {'cache ' if cache else 'decord'} amp={amp!s:<5} channels_last={channels_last!s:<5} "
+              f"{rate:7.1f} clips/s  peak {peak:5.2f} GiB")
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+    cpu, gpu = augment_rates(args.size, args.device)
+    print(f"augmentation per clip: CPU (1 core) {cpu:.0f} clips/s, x{args.workers} workers ~{cpu * args.workers:.0f}; "
+          f"{args.device} {gpu:.0f} clips/s")
+
+
+if __name__ == "__main__":
+    main()
