@@ -49,6 +49,13 @@ def test_noise_as_large_as_the_difference_is_not_distinguishable() -> None:
     assert verdict(result) == "not distinguishable"
 
 
+def test_a_constant_difference_over_few_seeds_gets_no_verdict() -> None:
+    # Two seeds that both moved by one AUC step (0.025) are a coincidence of discrete AUCs, not a proof.
+    result = paired_comparison([0.575, 0.625], [0.55, 0.60])
+    assert result.mean_diff == pytest.approx(0.025) and math.isnan(result.p_t)
+    assert verdict(result) == "not distinguishable"
+
+
 def test_verdict_is_never_better_when_the_interval_crosses_zero() -> None:
     crossing = PairedResult(n=3, mean_diff=0.02, ci_low=-0.001, ci_high=0.04, p_t=0.001, p_wilcoxon=0.25)
     assert verdict(crossing) == "not distinguishable"

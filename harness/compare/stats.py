@@ -85,8 +85,10 @@ def paired_comparison(
         return PairedResult(n, float(d.mean()) if n else math.nan, math.nan, math.nan, math.nan, math.nan)
     lo, hi = bootstrap_mean_ci(d, level, n_boot, seed)
     if np.allclose(d, d[0]):
-        # A constant difference has zero variance: t is undefined; call zero "no evidence", else exact.
-        p_t = 1.0 if d[0] == 0 else 0.0
+        # Zero variance leaves t undefined. All-zero differences are "no difference" (p = 1); a constant
+        # nonzero one is, with AUC moving in steps of 1/(n_real n_fake), more likely a coincidence of
+        # few seeds than proof, so it gets no p-value and hence no verdict.
+        p_t = 1.0 if d[0] == 0 else math.nan
     else:
         p_t = float(sps.ttest_rel(x, y).pvalue)
     nonzero = d[d != 0]

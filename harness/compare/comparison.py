@@ -1,0 +1,146 @@
+"""`harness compare` from end to end: check the inputs, run (or find) every run, analyse, write, log.
+
+Everything is checked before the first run starts; a failed run is reported and left out of the
+pairs, and the comparison goes on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from harness.compare.ablation import Arm, Recommendation, ablation_arms, derive_recommendations
+from harness.compare.analysis import comparison_frame, runs_frame, summary_frame
+from harness.compare.runner import RunRecord, load_arms, parent_run, run_arms, slug
+from harness.config.loading import save_config
+from harness.errors import HarnessError
+
+__all__ = ["CompareError", "CompareOutcome", "run_comparison", "default_out", "plan_arms"]
+
+
+class CompareError(HarnessError):
+    """A comparison cannot run as asked (too few seeds or configs, an interval level out of range)."""
+
+
+@dataclass
+class CompareOutcome:
+    name: str
+    out: Path
+    parent_run_id: str
+    arms: list[Arm]
+    recommendations: list[Recommendation]
+    records: list[RunRecord]
+    runs: pd.DataFrame
+    summary: pd.DataFrame
+    comparison: pd.DataFrame
+    files: list[Path] = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+    @property
+    def n_trained(self) -> int:
+        return sum(not r.reused for r in self.records)
+
+
+def _check(config_paths: Sequence[Path], seeds: int, ablate: bool, level: float) -> None:
+    problems = []
+    if len(config_paths) < 2:
+        problems.append(f"--configs needs a baseline and at least one other config, but got {len(config_paths)} file(s)")
+    if seeds < 2:
+        problems.append(f"--seeds must be >= 2 (a paired comparison needs two seeds at least), but got {seeds}")
+    if not 0.5 < level < 1.0:
+        problems.append(f"--level must lie in (0.5, 1), e.g. 0.95, but got {level}")
+    if problems:
+        raise CompareError(problems[0], problems)
+
+
+def default_out(arms: Sequence[Arm], ablate: bool) -> Path:
+    """reports/<first>-vs-<second>[...][-ablate]."""
+    return Path("reports") / ("-vs-".join(slug(a.name) for a in arms) + ("-ablate" if ablate else ""))
+
+
+def plan_arms(
+    config_paths: Sequence[Path], overlays: Sequence[Path] = (), overrides: Sequence[str] = (), ablate: bool = False
+) -> tuple[list[Arm], list[Recommendation]]:
+    """The given configs and, with `ablate`, the baseline plus / recommended minus each recommendation."""
+    arms = load_arms(config_paths, overlays, overrides)
+    if not ablate:
+        return arms, []
+    recs = derive_recommendations(arms[0].config, arms[1].config)
+    return arms + ablation_arms(arms[0], arms[1], recs), recs
+
+
+def _write_outputs(outcome: CompareOutcome, settings: dict, level: float) -> list[Path]:
+    from harness.compare.plots import plot_auc_by_config, plot_val_curves
+    from harness.compare.report import compare_csv, markdown_report
+
+    out = outcome.out
+    order = [a.name for a in outcome.arms]
+    files = [
+        plot_auc_by_config(outcome.runs, order, out / "auc_by_config.png"),
+        plot_val_curves(outcome.records, outcome.arms, out / "val_curves.png"),
+    ]
+    compare_csv(outcome.summary, outcome.comparison).to_csv(out / "compare.csv", index=False)
+    outcome.runs.to_csv(out / "runs.csv", index=False)
+    synthetic = any(a.config.data.source == "synthetic" for a in outcome.arms)
+    text = markdown_report(settings, outcome.summary, outcome.comparison, outcome.recommendations, level, synthetic,
+                           [f.name for f in files])
+    (out / "report.md").write_text(text)
+    return [out / "report.md", out / "compare.csv", out / "runs.csv", *files]
+
+
+def run_comparison(
+    config_paths: Sequence[Path],
+    overlays: Sequence[Path] = (),
+    overrides: Sequence[str] = (),
+    seeds: int = 3,
+    ablate: bool = False,
+    out: Path | None = None,
+    tracking_uri: str | None = None,
+    level: float = 0.95,
+    say: Callable[[str], None] = print,
+) -> CompareOutcome:
+    """Run every config (and, with `ablate`, every single-recommendation variant) on seeds 0..seeds-1."""
+    from harness.track.mlflow_run import experiment_id, open_client
+
+    _check(config_paths, seeds, ablate, level)
+    started = time.perf_counter()
+    arms, recs = plan_arms(config_paths, overlays, overrides, ablate)
+    out = Path(out) if out is not None else default_out(arms[: len(config_paths)], ablate)
+    name = out.name
+    seed_list = list(range(seeds))
+    settings = {
+        "name": name, "configs": [str(p) for p in config_paths], "overlays": [str(p) for p in overlays],
+        "set": list(overrides), "seeds": seed_list, "ablate": ablate, "level": level,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    for arm in arms:  # every config as it ran, so an ablated one can be trained again by hand
+        save_config(arm.config, out / "configs" / f"{slug(arm.name)}.yaml", header=f"{arm.name} (harness compare {name})")
+
+    client = open_client(tracking_uri)
+    experiment = arms[0].config.tracking.experiment
+    exp_id = experiment_id(client, experiment)
+    parent_id = parent_run(client, exp_id, name, out, settings)
+    try:
+        records = run_arms(arms, seed_list, client, experiment, exp_id, parent_id, tracking_uri,
+                           arms[0].config.train.output_dir / "compare" / name, name, say)
+    except BaseException:
+        client.set_terminated(parent_id, "KILLED")
+        raise
+    runs = runs_frame(records)
+    order = [a.name for a in arms]
+    outcome = CompareOutcome(
+        name=name, out=out, parent_run_id=parent_id, arms=arms, recommendations=recs, records=records, runs=runs,
+        summary=summary_frame(runs, order),
+        comparison=comparison_frame(runs, records, order[0], order, level),
+    )
+    outcome.files = _write_outputs(outcome, settings, level)
+    for path in [*outcome.files, *sorted((out / "configs").glob("*.yaml"))]:
+        client.log_artifact(parent_id, str(path), None if path.parent == out else "configs")
+    client.set_tag(parent_id, "compare.trained", str(outcome.n_trained))
+    client.set_terminated(parent_id, "FINISHED")
+    outcome.wall_seconds = time.perf_counter() - started
+    return outcome
