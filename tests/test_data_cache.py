@@ -15,7 +15,7 @@ import pytest
 from harness.config.schema import DataConfig
 from harness.data.cache import CachedReader, FrameCache, build_cache, frame_cache_for, snap_to_stride
 from harness.data.dataset import ClipDataset
-from harness.data.index import build_manifest
+from harness.data.index import index_ffpp
 from harness.data.readers import DecordReader
 from harness.errors import DataError
 
@@ -29,7 +29,8 @@ def _cfg(root: Path, cache_dir: Path, **overrides) -> DataConfig:
 
 @pytest.fixture(scope="module")
 def manifest(synthetic_root: Path) -> pd.DataFrame:
-    return build_manifest(DataConfig(source="ffpp", root=synthetic_root, methods=["Deepfakes"]), progress=False)
+    # index_ffpp, not build_manifest: the session tree stays as generated (no cached index written into it).
+    return index_ffpp(synthetic_root, ["Deepfakes"], progress=False).manifest
 
 
 @pytest.mark.parametrize("stride", [1, 3])
@@ -152,8 +153,9 @@ def test_a_read_at_another_size_is_refused(tmp_path) -> None:
 def test_harness_cache_builds_then_reports_everything_cached(synthetic_root, tmp_path, capsys) -> None:
     from harness.cli import main
 
+    root = shutil.copytree(synthetic_root, tmp_path / "ffpp")  # the command writes its cached index into the tree
     cfg_file = tmp_path / "c.yaml"
-    cfg_file.write_text(f"data: {{source: ffpp, root: {synthetic_root}, methods: [Deepfakes], input_size: 24, "
+    cfg_file.write_text(f"data: {{source: ffpp, root: {root}, methods: [Deepfakes], input_size: 24, "
                         f"cache_dir: {tmp_path / 'cache'}}}\n")
     assert main(["cache", "--config", str(cfg_file), "--quiet"]) == 0
     assert "12 videos (12 decoded now, 0 already cached)" in capsys.readouterr().out
