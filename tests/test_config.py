@@ -26,6 +26,17 @@ def test_every_shipped_config_validates(path: Path) -> None:
     assert demo.model == cfg.model and demo.loss == cfg.loss and demo.optim == cfg.optim
 
 
+def test_baseline_names_every_key_the_schema_has() -> None:
+    from harness.config.loading import read_layers
+
+    written = set(flatten(read_layers([ROOT / "baseline.yaml"])))
+    every = set(flatten(Config()))
+    # The synthetic generator's knobs only matter with source: synthetic, so the demo overlay names them.
+    assert written == {k for k in every if not k.startswith("data.synthetic.")}, "add the new key to baseline.yaml"
+    demo = set(flatten(read_layers([ROOT / "configs/demo.yaml"])))
+    assert {k for k in every if k.startswith("data.synthetic.")} <= demo
+
+
 def test_baseline_holds_the_users_current_setup() -> None:
     cfg = load_config([ROOT / "baseline.yaml"])
     assert cfg.model.backbone == "mobilenetv4_conv_small"

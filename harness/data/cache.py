@@ -214,7 +214,14 @@ def frame_cache_for(data_cfg: DataConfig) -> FrameCache:
 
 def _check_disk(cache: FrameCache, missing: pd.DataFrame) -> None:
     need = int(sum(cache.n_stored(int(n)) for n in missing["n_frames"])) * cache.frame_bytes()
-    cache.dir.mkdir(parents=True, exist_ok=True)
+    try:
+        cache.dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        # FF++ often sits on a read-only share; the default cache folder lives beside the data.
+        raise DataError(
+            f"the frame cache folder must be writable, but {cache.dir} is not ({error.strerror}); "
+            f"set data.cache_dir to a writable folder, or data.cache=false"
+        ) from None
     free = shutil.disk_usage(cache.dir).free
     if need > 0.95 * free:
         raise DataError(
