@@ -24,7 +24,7 @@ import pandas as pd
 from harness.compare.ablation import Arm
 from harness.compare.identity import config_hash
 from harness.config.loading import load_config
-from harness.errors import ConfigError, HarnessError
+from harness.errors import ConfigError
 
 __all__ = ["RunRecord", "load_arms", "run_arms", "find_finished_run", "parent_run", "slug", "TEST_VIDEOS_ARTIFACT"]
 
