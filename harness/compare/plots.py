@@ -10,14 +10,14 @@ import pandas as pd
 
 from harness.compare.ablation import Arm
 from harness.compare.runner import RunRecord
-from harness.track.plots import _pyplot
+from harness.track.plots import headless_pyplot
 
 __all__ = ["plot_auc_by_config", "plot_val_curves"]
 
 
 def plot_auc_by_config(runs: pd.DataFrame, order: Sequence[str], path: Path, metric: str = "test_video_auc") -> Path:
     """A box per config with every seed as a point; the dashed line is the baseline's (first config's) median."""
-    plt = _pyplot()
+    plt = headless_pyplot()
     ok = runs[runs["status"].isin(["completed", "early_stopped"])]
     values = [ok.loc[ok["config"] == name, metric].dropna().to_numpy() for name in order]
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.42 * len(order)))
@@ -50,7 +50,7 @@ def plot_val_curves(records: Sequence[RunRecord], arms: Sequence[Arm], path: Pat
     With ablations the given configs, the baseline-plus-one and the recommended-minus-one arms get a
     panel each, so sixteen curves do not share one axis.
     """
-    plt = _pyplot()
+    plt = headless_pyplot()
     panels = [(kind, [a for a in arms if a.kind == kind]) for kind in ("given", "added", "removed")]
     panels = [(kind, group) for kind, group in panels if group]
     titles = {"given": "configs", "added": "baseline + one recommendation", "removed": "recommended - one recommendation"}

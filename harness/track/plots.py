@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["plot_curves", "plot_roc"]
+__all__ = ["headless_pyplot", "plot_curves", "plot_roc"]
 
 
-def _pyplot():
+def headless_pyplot():
+    """pyplot on the Agg backend; every figure module here draws through this."""
     import matplotlib
 
     matplotlib.use("Agg")  # headless machines and worker processes have no display
@@ -21,7 +22,7 @@ def _pyplot():
 
 def plot_curves(train_history: Sequence[dict], history: Sequence[dict], path: Path, title: str = "") -> Path:
     """Loss (train and val), validation AUCs and the learning rate against the epoch."""
-    plt = _pyplot()
+    plt = headless_pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     train = pd.DataFrame(train_history)
     val = pd.DataFrame(history)
@@ -52,7 +53,7 @@ def plot_roc(videos: pd.DataFrame, path: Path, title: str = "test ROC (video lev
     """All videos, and each manipulation method against the real videos."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    plt = _pyplot()
+    plt = headless_pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     groups = {"all": videos}
     real = videos[videos["label"] == 0]
