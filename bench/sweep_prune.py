@@ -1,7 +1,7 @@
 """Figure 4: the demo sweep pruned vs unpruned: epochs spent, best video AUC, wall time, decodes.
 
 Runs `run_sweep` on search_spaces/demo.yaml twice in a fresh folder (own journal, MLflow store and
-checkpoints): as shipped (median pruner) and with pruning off (`pruner: {type: none}`), same TPE seed.
+checkpoints): as shipped (its pruner) and with pruning off (`pruner: {type: none}`), same TPE seed.
 Both share a fresh frame cache in that folder: the first sweep decodes each video once, the second none.
 
 Usage: python bench/sweep_prune.py [--trials 40] [--epochs 8] [--pruner '{type: median, n_startup_trials: 3}']

@@ -104,6 +104,7 @@ def test_export_yaml_round_trips_every_key() -> None:
         (["loss.type=focal_bce", "loss.auto_pos_weight=false"], "loss.type=focal_bce needs loss.gamma"),
         (["loss.type=focal_bce", "loss.gamma=2"], "loss.type=focal_bce takes no pos_weight"),
         (["loss.pos_weight=0.2"], "loss.auto_pos_weight and loss.pos_weight both set"),
+        (["loss.type=focal_bce", "loss.auto_pos_weight=false", "loss.gamma=0.5"], "loss.gamma must be 0 or >= 1"),
         (["model.pretrained=true"], "model.pretrained=true needs model.pretrained_file"),
         (["optim.scheduler.type=cosine", "optim.scheduler.warmup_epochs=40"], "warmup_epochs must be < train.epochs"),
         (["data.augment.color_jitter=[0.2,0.2]"], "color_jitter must hold 4 values"),

@@ -23,7 +23,7 @@ KNOBS = {
     "loss.type": {"type": "categorical", "choices": ["bce", "focal_bce"]},
     "loss.gamma": {
         "type": "float",
-        "low": 0.5,
+        "low": 1.0,
         "high": 4.0,
         "when": {"loss.type": "focal_bce"},
         "otherwise": {"loss.gamma": None},
@@ -214,7 +214,7 @@ def test_choice_that_breaks_a_cross_field_rule_is_blamed_on_its_param(tmp_path: 
 
 def test_params_that_only_fail_together_are_named_together(tmp_path: Path) -> None:
     unconditional = {k: v for k, v in KNOBS.items() if k != "balance"}
-    unconditional["loss.gamma"] = {"type": "float", "low": 0.5, "high": 4.0}  # without `when`
+    unconditional["loss.gamma"] = {"type": "float", "low": 1.0, "high": 4.0}  # without `when`
     text = str(refusal(write_space(tmp_path, unconditional)))
     assert "loss.type='bce'" in text and "loss.gamma" in text
 

@@ -87,6 +87,30 @@ def test_nan_loss_raises_a_clear_reason() -> None:
         _one_epoch(batches, accum=1)
 
 
+def test_non_finite_outputs_at_validation_raise_instead_of_reaching_sklearn() -> None:
+    from harness.train.trainer import evaluate
+
+    class Batches(list):
+        dataset = type("D", (), {"manifest": __import__("pandas").DataFrame({"method": ["real", "Deepfakes"]})})()
+
+    model = TinyClipModel()
+    with torch.no_grad():
+        model.head.weight.fill_(float("nan"))  # what an overflowed update leaves behind
+    batch = {"clip": torch.ones(2, 2, 3, 4, 4), "label": torch.tensor([0.0, 1.0]), "video_idx": torch.tensor([0, 1])}
+    with pytest.raises(NonFiniteLoss, match="non-finite while scoring val"):
+        evaluate(model, Batches([batch]), nn.BCEWithLogitsLoss(), _cfg(), torch.device("cpu"), prefix="val_")
+
+
+def test_focal_gamma_below_one_really_gives_nan_gradients() -> None:
+    # Why the schema refuses 0 < gamma < 1: torchvision's focal loss on a saturated clip.
+    from torchvision.ops import sigmoid_focal_loss
+
+    for gamma, finite in [(0.5, False), (1.0, True), (2.0, True)]:
+        logits = torch.tensor([20.0, 2.0], requires_grad=True)
+        sigmoid_focal_loss(logits, torch.ones(2), alpha=-1, gamma=gamma, reduction="mean").backward()
+        assert bool(torch.isfinite(logits.grad).all()) is finite
+
+
 def test_scheduler_warms_up_then_follows_cosine_to_min_lr() -> None:
     cfg = config_from_dict(
         {"train": {"epochs": 10}, "optim": {"lr": 1e-3, "scheduler": {"type": "cosine", "warmup_epochs": 3, "min_lr": 1e-5}}}

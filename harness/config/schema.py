@@ -197,6 +197,13 @@ class Config(_Section):
                 )
             if loss.gamma is None:
                 problems.append("loss.type=focal_bce needs loss.gamma (advice: 2.0), but got null")
+            elif 0.0 < loss.gamma < 1.0:
+                # d/dp (1 - p)^gamma is infinite at p = 1 for gamma < 1: one confidently right clip
+                # (sigmoid saturates to 1.0 in fp32) turns every gradient into NaN. Seen in a demo sweep.
+                problems.append(
+                    f"loss.gamma must be 0 or >= 1 (0 < gamma < 1 gives NaN gradients on saturated clips), "
+                    f"but got {loss.gamma}"
+                )
         else:
             if loss.gamma is not None:
                 problems.append(f"loss.gamma={loss.gamma} only applies to loss.type=focal_bce, but loss.type={loss.type}")

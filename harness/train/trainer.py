@@ -182,6 +182,9 @@ def evaluate(
         if weights is not None:
             attention.append(weights.float().cpu())
     probs_np = torch.cat(probs).numpy()
+    if not np.isfinite(probs_np).all():
+        # Weights can turn non-finite in the last steps of an epoch without the loss showing it yet.
+        raise NonFiniteLoss(f"model outputs became non-finite while scoring {prefix.rstrip('_') or 'a split'}")
     metrics, videos = clip_and_video_metrics(
         torch.cat(video_idx).numpy(), probs_np, torch.cat(labels).numpy(), methods, cfg.eval.video_aggregation
     )
@@ -376,12 +379,12 @@ def fit(
     for epoch in range(s.epoch + 1, cfg.train.epochs + 1):
         try:
             train_metrics = _train_epoch(s, epoch, progress)
+            s.train_history.append({"epoch": epoch, **train_metrics})
+            callbacks.on_epoch_end(epoch, train_metrics)
+            keep_going = _validate(s, epoch, best_path, callbacks) if epoch in val_epochs else True
         except NonFiniteLoss as exc:
-            status, reason = "nan", str(exc)
+            status, reason = "nan", str(exc) if "epoch" in str(exc) else f"{exc} after epoch {epoch}"
             break
-        s.train_history.append({"epoch": epoch, **train_metrics})
-        callbacks.on_epoch_end(epoch, train_metrics)
-        keep_going = _validate(s, epoch, best_path, callbacks) if epoch in val_epochs else True
         s.epoch = epoch
         save_checkpoint(s.state_dict(), last_path)
         callbacks.on_checkpoint("last", last_path, epoch)
