@@ -171,7 +171,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         result = fit(cfg, callback, run_dir=run_dir, resume=resume_ckpt, progress=not args.quiet)
     except BaseException as exc:
-        if isinstance(callback, Callback) and getattr(callback, "run_id", None):
+        if getattr(callback, "run_id", None):
             callback.set_tags({"harness.status": "failed", "harness.reason": f"{type(exc).__name__}: {exc}"[:500]})
             callback.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
@@ -219,9 +219,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     summary = run_sweep(args.space, args.trials, args.storage, args.study_name, args.tracking_uri,
                         args.max_failures, progress=not args.quiet)
-    from harness.sweep.space import load_space
-
-    print_summary(summary, load_space(args.space).study.metric)
+    print_summary(summary)
     return 0
 
 

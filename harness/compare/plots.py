@@ -10,7 +10,7 @@ import pandas as pd
 
 from harness.compare.ablation import Arm
 from harness.compare.runner import RunRecord
-from harness.track.plots import headless_pyplot
+from harness.track.plots import headless_pyplot, save_figure
 
 __all__ = ["plot_auc_by_config", "plot_val_curves"]
 
@@ -37,11 +37,7 @@ def plot_auc_by_config(runs: pd.DataFrame, order: Sequence[str], path: Path, met
     ax.set_yticks(positions, order, fontsize=8)
     ax.set(xlabel=metric.replace("_", " "), title=f"{metric.replace('_', ' ')} per config ({len(seeds)} seeds; marker = seed)")
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_val_curves(records: Sequence[RunRecord], arms: Sequence[Arm], path: Path) -> Path:
@@ -70,8 +66,4 @@ def plot_val_curves(records: Sequence[RunRecord], arms: Sequence[Arm], path: Pat
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     axes[0][0].set_ylabel("validation video AUC")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -19,19 +19,20 @@ def export_best(study_name: str, out: Path, storage: str | None = None) -> tuple
     """
     import optuna
 
-    from harness.sweep.storage import DEFAULT_STORAGE, open_storage
+    from harness.sweep.storage import DEFAULT_STORAGE, is_url, open_storage
     from harness.track.mlflow_run import mask_uri
 
     storage = storage or DEFAULT_STORAGE
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if not storage.startswith(("sqlite:", "postgresql", "mysql")) and not Path(storage).exists():
+    if not is_url(storage) and not Path(storage).exists():
         raise StudyError(f"--storage {storage}: no such study storage (run `harness sweep` first, or pass --storage)")
-    names = optuna.get_all_study_names(open_storage(storage))
+    opened = open_storage(storage)
+    names = optuna.get_all_study_names(opened)
     if study_name not in names:
         raise StudyError(
             f"--study-name must name a study in {mask_uri(storage)}, but got {study_name!r} (studies: {', '.join(names) or 'none'})"
         )
-    study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
+    study = optuna.load_study(study_name=study_name, storage=opened)
     complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     if not complete:
         raise StudyError(f"study {study_name!r} has no completed trial yet; run or resume `harness sweep` first")

@@ -92,6 +92,7 @@ def summarise(study, metric: str, epochs: int, parent_run_id: str, wall: float, 
         )
     return SweepSummary(
         study_name=study.study_name,
+        metric=metric,
         n_complete=len(complete),
         n_pruned=sum(t.state.name == "PRUNED" for t in trials),
         n_failed=sum(t.state.name == "FAIL" for t in trials),
@@ -146,7 +147,8 @@ def log_study_artifacts(client, parent_run_id: str, study, summary: SweepSummary
     client.log_batch(parent_run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
 
 
-def print_summary(summary: SweepSummary, metric: str, top: int = 10) -> None:
+def print_summary(summary: SweepSummary, top: int = 10) -> None:
+    metric = summary.metric
     from rich.console import Console
     from rich.table import Table
 

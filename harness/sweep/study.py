@@ -27,6 +27,7 @@ FINISHED = ("COMPLETE", "PRUNED")
 @dataclass
 class SweepSummary:
     study_name: str
+    metric: str
     n_complete: int
     n_pruned: int
     n_failed: int

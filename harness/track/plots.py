@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["headless_pyplot", "plot_curves", "plot_roc"]
+__all__ = ["headless_pyplot", "save_figure", "plot_curves", "plot_roc"]
 
 
 def headless_pyplot():
@@ -18,6 +18,15 @@ def headless_pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write as PNG and free the figure (figures left open pile up over a sweep's trials)."""
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    headless_pyplot().close(fig)
+    return path
 
 
 def plot_curves(train_history: Sequence[dict], history: Sequence[dict], path: Path, title: str = "") -> Path:
@@ -42,11 +51,7 @@ def plot_curves(train_history: Sequence[dict], history: Sequence[dict], path: Pa
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_roc(videos: pd.DataFrame, path: Path, title: str = "test ROC (video level)") -> Path:
@@ -68,8 +73,4 @@ def plot_roc(videos: pd.DataFrame, path: Path, title: str = "test ROC (video lev
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
