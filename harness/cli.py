@@ -111,6 +111,9 @@ def cmd_cache(args: argparse.Namespace) -> int:
     stats = build_cache(manifest, cfg.data, progress=not args.quiet)
     print(f"frame cache {frame_cache_for(cfg.data).dir}: {stats.videos} videos ({stats.decoded} decoded now, "
           f"{stats.reused} already cached), {stats.bytes / 2**20:.1f} MiB, {stats.seconds:.1f} s")
+    if stats.failed:
+        print(f"{len(stats.failed)} video(s) failed to decode and were left out (training skips them too): "
+              + ", ".join(stats.failed))
     if not cfg.data.cache:
         print("note: data.cache is false in this config, so runs with it decode every clip instead of reading this cache")
     return 0
@@ -176,7 +179,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             callback.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     _print_train_summary(result, getattr(callback, "run_id", None))
-    return 0 if result.status != "nan" else 1
+    return 0 if result.status not in ("nan", "oom") else 1
 
 
 def _print_train_summary(result, run_id: str | None) -> None:

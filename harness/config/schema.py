@@ -96,6 +96,11 @@ class DataConfig(_Section):
         description="keep every k-th frame: clips sample only frames 0, k, 2k, ... (cache on or off alike), "
         "and the cache needs k times less disk",
     )
+    max_bad_fraction: float = Field(
+        0.05, ge=0.0, le=1.0,
+        description="videos of a split that may fail to decode during training (skipped, counted, reported) "
+        "before the run stops with an error",
+    )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
 
@@ -145,6 +150,12 @@ class TrainConfig(_Section):
         True, description="CUDA only: the model in channels_last memory format (measured 1.2-2x faster steps on an H200)"
     )
     max_train_batches: PositiveInt | None = Field(None, description="cap per epoch, for smoke runs")
+    oom_backoff: bool = Field(
+        True,
+        description="on CUDA out-of-memory, halve batch_size and double grad_accum_steps (same effective batch) "
+        "and redo the epoch; false fails the run at once",
+    )
+    min_batch_size: PositiveInt = Field(1, description="the smallest micro-batch oom_backoff may reach; below it the run fails with reason oom")
     output_dir: Path = Field(Path("runs"), description="checkpoints live in output_dir/<run name>/")
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import os
 import shutil
 import time
@@ -37,6 +38,8 @@ from harness.errors import DataError
 
 __all__ = ["FrameCache", "CachedReader", "CacheStats", "frame_cache_for", "build_cache", "snap_to_stride", "DEFAULT_CACHE_FOLDER"]
 
+log = logging.getLogger(__name__)
+
 _VERSION = 1
 _CHUNK = 64  # frames decoded per read while filling an entry: bounds memory for long videos
 _DECODE_LOG = "decodes.log"
@@ -55,6 +58,7 @@ class CacheStats:
     reused: int  # already in the cache (or written meanwhile by another process)
     bytes: int  # size of the entries of these videos on disk
     seconds: float
+    failed: tuple[str, ...] = ()  # videos that failed to decode: left out, and skipped by training too
 
 
 class FrameCache:
@@ -246,20 +250,31 @@ def build_cache(
     if not missing.empty:
         _check_disk(cache, missing)
     reader = reader or make_reader(data_cfg.backend)  # the reader a run without the cache would use
-    decoded, deferred = 0, []
+    decoded, deferred, failed = 0, [], []
     bar = tqdm(total=len(rows), initial=len(rows) - len(missing), desc=f"frame cache {cache.size}px",
                unit="video", disable=not progress or missing.empty)
+
+    def ensure(path: str, n_frames: int, blocking: bool) -> bool | None:
+        # One broken file must not stop a day-long sweep from starting; training skips it again.
+        try:
+            return cache.ensure(path, n_frames, reader, blocking=blocking)
+        except DataError as error:
+            log.warning("frame cache: skipping %s", str(error).splitlines()[0])
+            failed.append(path)
+            return False
+
     for path, n_frames in missing.itertuples(index=False):
-        done = cache.ensure(str(path), int(n_frames), reader, blocking=False)
+        done = ensure(str(path), int(n_frames), blocking=False)
         if done is None:
             deferred.append((str(path), int(n_frames)))
             continue
         decoded += int(done)
         bar.update(1)
     for path, n_frames in deferred:
-        decoded += int(cache.ensure(path, n_frames, reader, blocking=True))
+        decoded += int(ensure(path, n_frames, blocking=True))
         bar.update(1)
     bar.close()
-    size = sum(cache.entry_path(str(p)).stat().st_size for p in rows["path"])
-    return CacheStats(len(rows), decoded, len(rows) - decoded, size, time.perf_counter() - start)
+    size = sum(cache.entry_path(str(p)).stat().st_size for p in rows["path"] if str(p) not in failed)
+    return CacheStats(len(rows), decoded, len(rows) - decoded - len(failed), size, time.perf_counter() - start,
+                      tuple(failed))
 

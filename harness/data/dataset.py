@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 
@@ -19,6 +20,8 @@ from harness.errors import DataError
 
 __all__ = ["ClipDataset", "Loaders", "class_counts", "build_loaders"]
 
+log = logging.getLogger(__name__)
+
 
 class ClipDataset(Dataset):
     """`clips_per_video` clips per manifest row; item i is clip i % k of video i // k.
@@ -26,6 +29,11 @@ class ClipDataset(Dataset):
     `video_idx` in each item is the row of `self.manifest` (the given manifest, index reset).
     Training clips are drawn from a generator seeded by (seed, epoch, item), so they do not depend
     on worker count or order; call `set_epoch` before iterating each epoch. Evaluation clips are fixed.
+
+    A video that indexed fine but fails to decode now (a file damaged or replaced since) is marked
+    bad and never read again. In training its clip is replaced by one of the next good video of the
+    same label (`replaced` is true in the item); in evaluation the item comes back with `valid`
+    false and the trainer leaves it out. More than `data.max_bad_fraction` bad videos is an error.
     """
 
     def __init__(self, manifest: pd.DataFrame, data_cfg: DataConfig, train: bool, seed: int) -> None:
@@ -48,6 +56,9 @@ class ClipDataset(Dataset):
         # Shared memory: persistent DataLoader workers hold copies of this dataset, and must still see
         # the epoch the main process sets.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        # Shared too, so a video one worker found broken is skipped by the others and seen by the trainer.
+        self._bad = torch.zeros(len(self.manifest), dtype=torch.uint8).share_memory_()
+        self._max_bad = int(data_cfg.max_bad_fraction * len(self.manifest))
 
     def set_epoch(self, epoch: int) -> None:
         self._epoch[0] = epoch
@@ -70,12 +81,54 @@ class ClipDataset(Dataset):
         # Cache on or off, clips use only the frames a strided cache keeps, so the cache is a pure speed knob.
         return snap_to_stride(indices, self._stride)
 
+    def bad_videos(self) -> list[str]:
+        """Paths of the videos that failed to decode so far, in manifest order."""
+        return [self._paths[i] for i in np.flatnonzero(self._bad.numpy())]
+
+    def _mark_bad(self, video: int, error: DataError) -> None:
+        self._bad[video] = 1
+        n_bad = int(self._bad.sum())
+        log.warning("skipping %s: %s", self._paths[video], str(error).splitlines()[0])
+        if n_bad > self._max_bad:
+            raise DataError(
+                f"{n_bad} of {len(self._paths)} videos failed to decode, more than data.max_bad_fraction allows "
+                f"({self._max_bad}); the latest: {self._paths[video]}. Check the files or re-index"
+            )
+
+    def _read(self, video: int, index: int, clip: int, rng: np.random.Generator | None) -> np.ndarray | None:
+        """The clip's frames, or None when the video is (now known to be) bad."""
+        if self._bad[video]:
+            return None
+        try:
+            return self._reader.read(self._paths[video], self._indices(index, video, clip, rng), self.size)
+        except DataError as error:
+            self._mark_bad(video, error)
+            return None
+
+    def _stand_in(self, video: int) -> int | None:
+        """The next good video of the same label, cyclically; None when there is none."""
+        n = len(self._paths)
+        for step in range(1, n):
+            other = (video + step) % n
+            if self._labels[other] == self._labels[video] and not self._bad[other]:
+                return other
+        return None
+
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self):
             raise IndexError(f"index must be in [0, {len(self)}), but got {index}")
         video, clip = divmod(index, self.clips_per_video)
         rng = np.random.default_rng([self.seed, int(self._epoch[0]), index]) if self.train else None
-        frames = self._reader.read(self._paths[video], self._indices(index, video, clip, rng), self.size)
+        frames, source, replaced = self._read(video, index, clip, rng), video, False
+        while frames is None and self.train:
+            # Same label keeps the batch's class balance; the same rng keeps the draw reproducible.
+            source = self._stand_in(source)
+            if source is None:
+                raise DataError(f"every video labelled {self._labels[video]} in this split failed to decode")
+            frames, replaced = self._read(source, index, clip, rng), True
+        valid = frames is not None
+        if not valid:
+            frames = np.zeros((self.n_segment, self.size, self.size, 3), dtype=np.uint8)
         clip_tensor = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (T, H, W, 3) -> (T, 3, H, W)
         if self._augment is not None and self._augment.active:
             # The augmentation draws from torch's RNG; seeding a forked RNG from this item's generator
@@ -87,6 +140,8 @@ class ClipDataset(Dataset):
             "clip": clip_tensor.contiguous(),
             "label": torch.tensor(float(self._labels[video]), dtype=torch.float32),
             "video_idx": video,
+            "valid": valid,
+            "replaced": replaced,
         }
 
 
@@ -105,6 +160,23 @@ class Loaders:
     val_dataset: ClipDataset
     test_dataset: ClipDataset
     train_generator: torch.Generator  # shuffling/sampling state; save it to resume the same order
+
+    def with_batch_size(self, batch_size: int) -> Loaders:
+        """The same datasets and samplers in batches of `batch_size` (the out-of-memory back-off).
+
+        Reusing the datasets keeps what they learnt about bad videos; reusing the samplers keeps the
+        item order, so half-size batches accumulated twice cover the same clips.
+        """
+
+        def rebatch(loader: DataLoader) -> DataLoader:
+            return DataLoader(
+                loader.dataset, batch_size=batch_size, sampler=loader.sampler, num_workers=loader.num_workers,
+                pin_memory=loader.pin_memory, persistent_workers=loader.persistent_workers,
+                worker_init_fn=loader.worker_init_fn, generator=loader.generator, drop_last=False,
+            )
+
+        return Loaders(rebatch(self.train), rebatch(self.val), rebatch(self.test), self.train_dataset,
+                       self.val_dataset, self.test_dataset, self.train_generator)
 
 
 def _seed_worker(worker_id: int) -> None:

@@ -103,8 +103,8 @@ def run_trial(
         return TrialOutcome("FAIL", None, reason, 0)
     if reporter.pruned_at is not None:
         outcome = TrialOutcome("PRUNED", None, f"pruned at epoch {reporter.pruned_at}", result.epochs_run)
-    elif result.status == "nan":
-        outcome = TrialOutcome("FAIL", None, f"nan: {result.reason}", result.epochs_run)
+    elif result.status in ("nan", "oom"):
+        outcome = TrialOutcome("FAIL", None, f"{result.status}: {result.reason}", result.epochs_run)
     else:
         value = objective_value(result.history, metric, maximize)
         if value is None:

@@ -166,6 +166,11 @@ class MLflowTracker(Callback):
         self.log_metrics(metrics, step=epoch)
         return True
 
+    def on_event(self, epoch: int, kind: str, message: str, values: dict[str, float]) -> None:
+        # A tag per kind shows the latest in the runs table; events.json (at the end) keeps them all.
+        self.log_metrics(values, step=epoch)
+        self.set_tags({f"harness.event.{kind}": message[:5000]})
+
     def on_run_end(self, result: TrainResult) -> None:
         from harness.track.plots import plot_curves, plot_roc
 
@@ -177,14 +182,20 @@ class MLflowTracker(Callback):
             tags["best_model_path"] = str(result.best_model_path.resolve())
             if self.log_checkpoint:
                 self.log_artifact(result.best_model_path, "checkpoints")
+        if result.bad_videos:
+            tags["harness.bad_videos"] = "\n".join(result.bad_videos)[:5000]
         self.set_tags(tags)
         with tempfile.TemporaryDirectory() as tmp:
+            if result.events:
+                events = Path(tmp) / "events.json"
+                events.write_text(json.dumps(result.events, indent=2))
+                self.log_artifact(events)
             if result.train_history:
                 self.log_artifact(plot_curves(result.train_history, result.history, Path(tmp) / "curves.png"))
             if result.test_videos is not None and len(result.test_videos):
                 self.log_artifact(plot_roc(result.test_videos, Path(tmp) / "roc.png"))
         if self.terminate:
-            self.finish("FAILED" if result.status == "nan" else "FINISHED")
+            self.finish("FAILED" if result.status in ("nan", "oom") else "FINISHED")
 
 
 def log_table(tracker: MLflowTracker, rows: Iterable[Mapping[str, Any]], name: str) -> None:

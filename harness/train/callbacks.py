@@ -49,6 +49,9 @@ class Callback:
     def on_checkpoint(self, kind: str, path: Path, epoch: int) -> None:
         """`kind` is "last" or "best"."""
 
+    def on_event(self, epoch: int, kind: str, message: str, values: dict[str, float]) -> None:
+        """Something the run adjusted or skipped to keep going: "oom_backoff", "bad_video"."""
+
     def on_run_end(self, result: TrainResult) -> None:
         pass
 
@@ -73,6 +76,10 @@ class CallbackList(Callback):
     def on_checkpoint(self, kind: str, path: Path, epoch: int) -> None:
         for cb in self.callbacks:
             cb.on_checkpoint(kind, path, epoch)
+
+    def on_event(self, epoch: int, kind: str, message: str, values: dict[str, float]) -> None:
+        for cb in self.callbacks:
+            cb.on_event(epoch, kind, message, values)
 
     def on_run_end(self, result: TrainResult) -> None:
         for cb in self.callbacks:

@@ -2,11 +2,17 @@
 
 Model selection, early stopping and pruning see the val split only; the test split is scored
 once, at the end, with the best checkpoint. Resumable state is one dict saved as `last.pt`.
+
+Faults a long run meets are handled here, each reported through `Callback.on_event`: CUDA out of
+memory halves the micro-batch and doubles accumulation (the epoch is redone from its start), a
+non-finite loss ends the run with status "nan", and videos that stop decoding are skipped and counted.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
 import math
 import random
 import time
@@ -24,6 +30,7 @@ from tqdm.auto import tqdm
 from harness.config.loading import save_config
 from harness.config.schema import Config
 from harness.errors import ConfigError
+from harness.faults import Faults
 from harness.train.callbacks import Callback, RunInfo
 from harness.train.checkpoint import load_checkpoint, save_checkpoint
 from harness.train.early_stopping import EarlyStopping
@@ -38,16 +45,30 @@ __all__ = [
     "resolve_device",
     "seed_everything",
     "validation_epochs",
+    "is_out_of_memory",
 ]
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite; `fit` turns it into a result with status "nan"."""
 
 
+class OutOfMemoryAtFloor(RuntimeError):
+    """Out of memory at the smallest micro-batch allowed; `fit` turns it into a result with status "oom"."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    # cuBLAS/cuDNN report failed allocations as plain RuntimeErrors with the words in the message.
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+    )
+
+
 @dataclass
 class TrainResult:
-    status: str  # completed | early_stopped | stopped | nan
+    status: str  # completed | early_stopped | stopped | nan | oom
     reason: str
     epochs_run: int
     best_epoch: int | None
@@ -59,6 +80,8 @@ class TrainResult:
     train_history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
     test_metrics: dict[str, float] = field(default_factory=dict)
     test_videos: pd.DataFrame | None = None  # label, prob, method per test video
+    events: list[dict[str, Any]] = field(default_factory=list)  # what the run adjusted or skipped, in order
+    bad_videos: list[str] = field(default_factory=list)  # videos that failed to decode during the run
 
 
 def resolve_device(name: str) -> torch.device:
@@ -108,12 +131,14 @@ def train_one_epoch(
     epoch: int,
     num_updates: int,
     progress: bool = True,
+    faults: Faults | None = None,
 ) -> tuple[dict[str, float], int]:
     """One pass over the train loader with gradient accumulation; returns (metrics, optimizer updates so far)."""
+    faults = faults or Faults()
     model.train()
     accum = cfg.train.grad_accum_steps
     n_batches = len(loader) if cfg.train.max_train_batches is None else min(len(loader), cfg.train.max_train_batches)
-    loss_sum, n_clips, start = 0.0, 0, time.perf_counter()
+    loss_sum, n_clips, n_replaced, start = 0.0, 0, 0, time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
     bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False, disable=not progress, unit="batch")
     for i, batch in enumerate(loader):
@@ -124,9 +149,10 @@ def train_one_epoch(
         group_start = (i // accum) * accum
         # The trailing partial group divides by its own size, so its step is a true mean too.
         group_size = min(accum, n_batches - group_start)
+        faults.check_batch(len(labels), training=True)
         with _autocast(device, cfg.train.amp):
             logits, _ = model(clips)
-            loss = loss_fn(logits.float(), labels)
+            loss = faults.poison_loss(loss_fn(logits.float(), labels), epoch, i)
         if not torch.isfinite(loss):
             bar.close()
             raise NonFiniteLoss(f"loss became {loss.item()} at epoch {epoch}, batch {i + 1}")
@@ -140,6 +166,8 @@ def train_one_epoch(
                 scheduler.step_update(num_updates)
         loss_sum += loss.item() * len(labels)
         n_clips += len(labels)
+        if "replaced" in batch:  # ClipDataset items say so; hand-made batches need not
+            n_replaced += int(batch["replaced"].sum())
         bar.update(1)
         bar.set_postfix(loss=f"{loss_sum / n_clips:.4f}", clips_s=f"{n_clips / (time.perf_counter() - start):.1f}")
     bar.close()
@@ -150,6 +178,8 @@ def train_one_epoch(
         "clips_per_s": n_clips / max(seconds, 1e-9),
         "epoch_seconds": seconds,
     }
+    if n_replaced:
+        metrics["replaced_clips"] = n_replaced
     return metrics, num_updates
 
 
@@ -161,17 +191,27 @@ def evaluate(
     cfg: Config,
     device: torch.device,
     prefix: str = "",
+    faults: Faults | None = None,
 ) -> tuple[dict[str, float], pd.DataFrame]:
     """Clip and video metrics over one split; also the per-video scores for plots and tests.
 
     Items carry `video_idx`, a row of the loader's own dataset manifest, which names each video's method.
+    Items whose video failed to decode (`valid` false) are left out and counted as `skipped_clips`.
     """
+    faults = faults or Faults()
     methods = loader.dataset.manifest["method"].tolist()
     model.eval()
-    probs, labels, video_idx, attention, loss_sum = [], [], [], [], 0.0
+    probs, labels, video_idx, attention, loss_sum, skipped = [], [], [], [], 0.0, 0
     for batch in loader:
+        valid = batch.get("valid")
+        if valid is not None and not valid.all():
+            skipped += int((~valid).sum())
+            if not valid.any():
+                continue
+            batch = {k: batch[k][valid] for k in ("clip", "label", "video_idx")}
         clips = batch["clip"].to(device, non_blocking=True)
         target = batch["label"].to(device).float()
+        faults.check_batch(len(target))
         with _autocast(device, cfg.train.amp):
             logits, weights = model(clips)
         logits = logits.float()
@@ -191,6 +231,8 @@ def evaluate(
     metrics["loss"] = loss_sum / max(1, len(probs_np))
     if attention:
         metrics["attention_entropy"] = attention_entropy(torch.cat(attention).numpy())
+    if skipped:
+        metrics["skipped_clips"] = skipped
     return {f"{prefix}{k}": v for k, v in metrics.items()}, videos
 
 
@@ -214,10 +256,13 @@ class _Session:
     scheduler: Any
     scaler: torch.amp.GradScaler
     stopper: EarlyStopping
+    manifest: pd.DataFrame
+    faults: Faults = field(default_factory=Faults)
     epoch: int = 0
     num_updates: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     train_history: list[dict[str, float]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -231,6 +276,9 @@ class _Session:
             "train_history": self.train_history,
             "torch_rng": torch.get_rng_state(),
             "config": self.cfg.model_dump(mode="json"),
+            # What an out-of-memory back-off changed, so a resumed run starts at the size that fitted.
+            "batching": _batching(self.cfg),
+            "events": self.events,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -240,10 +288,99 @@ class _Session:
         self.stopper.load_state_dict(state["early_stop"])
         self.epoch, self.num_updates = state["epoch"], state["num_updates"]
         self.history, self.train_history = list(state["history"]), list(state["train_history"])
+        self.events = list(state.get("events", []))
         torch.set_rng_state(state["torch_rng"].cpu())
+        batching = state.get("batching")
+        if batching and batching != _batching(self.cfg):
+            self.set_batching(**batching)
         if self.scheduler is not None:
             # The schedule is a pure function of the update count, so it needs no state of its own.
             self.scheduler.step_update(self.num_updates)
+
+    def set_batching(self, batch_size: int, grad_accum_steps: int, max_train_batches: int | None) -> None:
+        """Change the micro-batch (and what goes with it) and rebuild the loaders over the same datasets."""
+        train = self.cfg.train.model_copy(
+            update={"batch_size": batch_size, "grad_accum_steps": grad_accum_steps, "max_train_batches": max_train_batches}
+        )
+        self.cfg = self.cfg.model_copy(update={"train": train})
+        self.loaders = self.loaders.with_batch_size(batch_size)
+
+    def report(self, epoch: int, kind: str, message: str, values: dict[str, float], callbacks: Callback) -> None:
+        log.warning(message)
+        self.events.append({"epoch": epoch, "kind": kind, "message": message, **values})
+        callbacks.on_event(epoch, kind, message, values)
+
+
+def _batching(cfg: Config) -> dict[str, int | None]:
+    t = cfg.train
+    return {"batch_size": t.batch_size, "grad_accum_steps": t.grad_accum_steps, "max_train_batches": t.max_train_batches}
+
+
+def _cpu_copy(obj: Any) -> Any:
+    """A deep copy with every tensor on the CPU, so a snapshot costs no GPU memory."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_copy(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
+def _halve_batch(s: _Session, epoch: int, error: str, callbacks: Callback) -> None:
+    """Halve the micro-batch and double accumulation, or raise OutOfMemoryAtFloor when that is not allowed."""
+    t = s.cfg.train
+    smaller = t.batch_size // 2
+    if not t.oom_backoff or smaller < t.min_batch_size:
+        why = "train.oom_backoff is off" if not t.oom_backoff else f"train.min_batch_size is {t.min_batch_size}"
+        raise OutOfMemoryAtFloor(f"out of memory at micro-batch {t.batch_size} in epoch {epoch} and {why}: {error}")
+    max_batches = None if t.max_train_batches is None else t.max_train_batches * 2
+    s.set_batching(smaller, t.grad_accum_steps * 2, max_batches)
+    if s.device.type == "cuda":
+        torch.cuda.empty_cache()
+    s.report(
+        epoch, "oom_backoff",
+        f"out of memory at micro-batch {t.batch_size} in epoch {epoch}: now micro-batch {smaller} x "
+        f"{t.grad_accum_steps * 2} accumulation steps (effective batch {smaller * t.grad_accum_steps * 2}), "
+        f"redoing the epoch",
+        {"micro_batch_size": smaller, "grad_accum_steps": t.grad_accum_steps * 2},
+        callbacks,
+    )
+
+
+def _with_oom_backoff(s: _Session, epoch: int, callbacks: Callback, step: Any, rollback: bool) -> Any:
+    """Run `step()`; on out of memory shrink the micro-batch and run it again.
+
+    With `rollback` the session first returns to its state before the step, so a half-trained
+    epoch is redone from its start rather than counted twice.
+    """
+    snapshot = _cpu_copy(s.state_dict()) if rollback and s.cfg.train.oom_backoff else None
+    while True:
+        try:
+            return step()
+        except RuntimeError as error:
+            if not is_out_of_memory(error):
+                raise
+            message = str(error).splitlines()[0]
+        # Outside the except block, so the failed step's frames (and their GPU tensors) are freed first.
+        if snapshot is not None:
+            # Back to the weights and counters of before the step, keeping the smaller batches and the log.
+            s.load_state_dict({**snapshot, "batching": _batching(s.cfg), "events": list(s.events)})
+        _halve_batch(s, epoch, message, callbacks)
+
+
+def _report_bad_videos(s: _Session, epoch: int, callbacks: Callback) -> None:
+    known = {e["path"] for e in s.events if e["kind"] == "bad_video"}
+    for split, dataset in (("train", s.loaders.train_dataset), ("val", s.loaders.val_dataset),
+                           ("test", s.loaders.test_dataset)):
+        for path in dataset.bad_videos():
+            if path in known:
+                continue
+            fate = "its clips are replaced by other videos of the same label" if split == "train" else "it is left out of the metrics"
+            s.report(epoch, "bad_video", f"{path} ({split}) failed to decode in epoch {epoch}; {fate}",
+                     {"bad_videos": len(known) + 1}, callbacks)
+            s.events[-1]["path"] = path
+            known.add(path)
 
 
 def _build_session(cfg: Config, manifest: pd.DataFrame | None, progress: bool) -> tuple[_Session, pd.DataFrame]:
@@ -283,6 +420,8 @@ def _build_session(cfg: Config, manifest: pd.DataFrame | None, progress: bool) -
         # fp16 needs loss scaling against underflow; bf16 (CPU autocast) and fp32 do not.
         scaler=torch.amp.GradScaler(device.type, enabled=cfg.train.amp and device.type == "cuda"),
         stopper=EarlyStopping(cfg.early_stop.mode, cfg.early_stop.patience, cfg.early_stop.min_delta),
+        manifest=manifest,
+        faults=Faults.from_env(),
     )
     return session, manifest
 
@@ -310,7 +449,7 @@ def _train_epoch(s: _Session, epoch: int, progress: bool) -> dict[str, float]:
         torch.cuda.reset_peak_memory_stats(s.device)
     metrics, s.num_updates = train_one_epoch(
         s.model, s.loaders.train, s.loss_fn, s.optimizer, s.scaler, s.scheduler, s.cfg, s.device, epoch,
-        s.num_updates, progress,
+        s.num_updates, progress, s.faults,
     )
     if cuda:
         metrics["gpu_peak_mem_mb"] = torch.cuda.max_memory_allocated(s.device) / 2**20
@@ -321,7 +460,12 @@ def _train_epoch(s: _Session, epoch: int, progress: bool) -> dict[str, float]:
 
 def _validate(s: _Session, epoch: int, best_path: Path, callbacks: Callback) -> bool:
     """Validate, step early stopping, save `best` on improvement; returns the callbacks' verdict."""
-    metrics, _ = evaluate(s.model, s.loaders.val, s.loss_fn, s.cfg, s.device, prefix="val_")
+    metrics, _ = _with_oom_backoff(
+        s, epoch, callbacks,
+        lambda: evaluate(s.model, s.loaders.val, s.loss_fn, s.cfg, s.device, prefix="val_", faults=s.faults),
+        rollback=False,
+    )
+    _report_bad_videos(s, epoch, callbacks)
     plain = {k.removeprefix("val_"): v for k, v in metrics.items()}
     improved = s.stopper.step(_metric(plain, s.cfg.early_stop.metric, "early_stop.metric"), epoch)
     metrics["best_" + s.cfg.early_stop.metric] = s.stopper.best if s.stopper.best is not None else math.nan
@@ -378,17 +522,22 @@ def fit(
     status, reason = "completed", f"ran all {cfg.train.epochs} epochs"
     for epoch in range(s.epoch + 1, cfg.train.epochs + 1):
         try:
-            train_metrics = _train_epoch(s, epoch, progress)
+            train_metrics = _with_oom_backoff(s, epoch, callbacks, lambda: _train_epoch(s, epoch, progress), rollback=True)
+            _report_bad_videos(s, epoch, callbacks)
             s.train_history.append({"epoch": epoch, **train_metrics})
             callbacks.on_epoch_end(epoch, train_metrics)
             keep_going = _validate(s, epoch, best_path, callbacks) if epoch in val_epochs else True
         except NonFiniteLoss as exc:
             status, reason = "nan", str(exc) if "epoch" in str(exc) else f"{exc} after epoch {epoch}"
             break
+        except OutOfMemoryAtFloor as exc:
+            status, reason = "oom", str(exc)
+            break
         s.epoch = epoch
         save_checkpoint(s.state_dict(), last_path)
         callbacks.on_checkpoint("last", last_path, epoch)
         _write_run_state(run_dir, s, best_path)
+        s.faults.after_epoch(epoch)
         if not keep_going:
             status, reason = "stopped", f"stopped by a callback after validating epoch {epoch}"
             break
@@ -403,7 +552,7 @@ def fit(
     result = TrainResult(
         status=status,
         reason=reason,
-        epochs_run=s.epoch if status != "nan" else s.epoch + 1,
+        epochs_run=s.epoch if status not in ("nan", "oom") else s.epoch + 1,
         best_epoch=s.stopper.best_epoch,
         best_value=s.stopper.best,
         best_model_path=best_path if best_path.exists() else None,
@@ -411,9 +560,19 @@ def fit(
         run_dir=run_dir,
         history=s.history,
         train_history=s.train_history,
+        events=s.events,
     )
     if status in ("completed", "early_stopped") and result.best_model_path is not None:
         s.model.load_state_dict(load_checkpoint(best_path, map_location=s.device)["model"])
-        result.test_metrics, result.test_videos = evaluate(s.model, s.loaders.test, s.loss_fn, cfg, s.device, prefix="test_")
+        try:
+            result.test_metrics, result.test_videos = _with_oom_backoff(
+                s, s.epoch, callbacks,
+                lambda: evaluate(s.model, s.loaders.test, s.loss_fn, s.cfg, s.device, prefix="test_", faults=s.faults),
+                rollback=False,
+            )
+        except OutOfMemoryAtFloor as exc:
+            result.status, result.reason = "oom", f"scoring the test split: {exc}"
+        _report_bad_videos(s, s.epoch, callbacks)
+    result.bad_videos = sorted({e["path"] for e in s.events if e["kind"] == "bad_video"})
     callbacks.on_run_end(result)
     return result
