@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.sweep.liveness import GRACE_PERIOD, HEARTBEAT_INTERVAL
 
 __all__ = ["main"]
 
@@ -211,19 +212,48 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
                    help="Optuna storage: a journal file path (default optuna.journal here; several local workers may "
                         "share it) or a database URL such as postgresql://user@host/db for several machines")
     p.add_argument("--study-name", default=None, help="default: the space file's name without .yaml")
-    p.add_argument("--max-failures", type=int, default=10, help="stop when the study holds this many failed trials")
+    p.add_argument("--max-failures", type=int, default=10,
+                   help="stop (exit 1) when the study holds this many failed trials (default 10)")
+    p.add_argument("--resume-trials", action=argparse.BooleanOptionalAction, default=True,
+                   help="a dead worker's trial is retried once; the retry continues from that trial's `last` "
+                        "checkpoint when this machine has it (default on; --no-resume-trials starts it over)")
+    p.add_argument("--heartbeat", type=int, default=HEARTBEAT_INTERVAL, metavar="SECONDS",
+                   help=f"database storages: each running trial beats this often, so workers on other machines "
+                        f"can tell a dead one (default {HEARTBEAT_INTERVAL}; 0 turns it off)")
+    p.add_argument("--grace-period", type=int, default=GRACE_PERIOD, metavar="SECONDS",
+                   help=f"database storages: a trial without a beat for this long is failed and retried "
+                        f"(default {GRACE_PERIOD})")
+    p.add_argument("--gpus", default=None, metavar="LIST",
+                   help="start one worker per GPU on this machine, e.g. --gpus 0,1 (each sees only its GPU through "
+                        "CUDA_VISIBLE_DEVICES; they share the storage); their output is prefixed [gpu N]")
     _add_tracking_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress display")
+
+
+def _worker_argv(args: argparse.Namespace) -> list[str]:
+    """The same sweep for one worker of --gpus: every option but --gpus, and no progress display."""
+    argv = ["sweep", "--space", str(args.space), "--trials", str(args.trials), "--max-failures", str(args.max_failures),
+            "--heartbeat", str(args.heartbeat), "--grace-period", str(args.grace_period), "--quiet",
+            "--resume-trials" if args.resume_trials else "--no-resume-trials"]
+    for flag, value in (("--storage", args.storage), ("--study-name", args.study_name), ("--tracking-uri", args.tracking_uri)):
+        if value is not None:
+            argv += [flag, value]
+    return argv
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from harness.sweep.report import print_summary
     from harness.sweep.study import run_sweep
 
+    if args.gpus is not None:
+        from harness.sweep.workers import launch_per_gpu, parse_gpus
+
+        return launch_per_gpu(parse_gpus(args.gpus), _worker_argv(args))
     summary = run_sweep(args.space, args.trials, args.storage, args.study_name, args.tracking_uri,
-                        args.max_failures, progress=not args.quiet)
+                        args.max_failures, progress=not args.quiet, resume_trials=args.resume_trials,
+                        heartbeat_interval=args.heartbeat, grace_period=args.grace_period)
     print_summary(summary)
-    return 0
+    return 1 if summary.stop_reason else 0
 
 
 # --- export-best -----------------------------------------------------------------------------

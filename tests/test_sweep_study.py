@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 
 from harness.sweep.storage import open_storage
-from harness.sweep.study import reap_dead_trials
+from harness.sweep.liveness import reap_dead_trials
 from harness.track.mlflow_run import mask_uri
 
 

@@ -1,5 +1,4 @@
-"""Sweep: search spaces as data (YAML -> Optuna distributions) and the studies that run over them."""
+"""Sweep: search spaces as data (YAML -> Optuna distributions) and the studies that run over them.
 
-from harness.sweep.space import SearchSpace, build_pruner, build_sampler, load_space
-
-__all__ = ["SearchSpace", "load_space", "build_sampler", "build_pruner"]
+Nothing is imported here, so the CLI can read the sweep's defaults without loading Optuna.
+"""

@@ -177,6 +177,11 @@ def print_summary(summary: SweepSummary, top: int = 10) -> None:
         f"epochs spent {summary.epochs_spent} of {summary.epochs_unpruned} unpruned ({saved:.0%} saved); "
         f"{summary.ran_here} trials ran in this process in {summary.wall_seconds:.0f} s"
     )
+    failed = [r for r in summary.rows if r["state"] == "FAIL"]
+    for r in failed[-top:]:
+        console.print(f"failed: trial {r['trial']}: {r['reason'] or 'no reason recorded'}", markup=False)
+    if summary.stop_reason:
+        console.print(f"stopped early: {summary.stop_reason}", markup=False)
     if summary.best_number is not None:
         console.print(f"best: trial {summary.best_number}, {metric} {summary.best_value:.4f}. "
                       f"Export it with `harness export-best --study-name {summary.study_name} --out best.yaml`")

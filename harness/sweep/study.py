@@ -6,20 +6,21 @@ the same command resumes and runs only what is missing, and several workers can 
 
 from __future__ import annotations
 
-import os
-import socket
+import signal
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.config.loading import flatten
 from harness.errors import StudyError
+from harness.sweep.liveness import GRACE_PERIOD, HEARTBEAT_INTERVAL
 
 if TYPE_CHECKING:
     from harness.config.schema import DataConfig
 
-__all__ = ["SweepSummary", "run_sweep", "finished_count", "reap_dead_trials"]
+__all__ = ["SweepSummary", "run_sweep", "finished_count"]
 
 FINISHED = ("COMPLETE", "PRUNED")
 
@@ -39,45 +40,11 @@ class SweepSummary:
     wall_seconds: float
     ran_here: int = 0
     rows: list[dict[str, Any]] = field(default_factory=list)
+    stop_reason: str | None = None  # set when this worker stopped before the study reached its target
 
 
 def finished_count(study) -> int:
     return sum(t.state.name in FINISHED for t in study.get_trials(deepcopy=False))
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def reap_dead_trials(study, retry: bool = True) -> list[int]:
-    """Fail RUNNING trials whose worker (same host, recorded pid) is gone, and re-enqueue their params once.
-
-    A worker killed with SIGKILL leaves its trial RUNNING forever; this is what notices it on restart.
-    """
-    from optuna.trial import TrialState
-
-    host = socket.gethostname()
-    reaped = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get("host") != host or _pid_alive(int(t.user_attrs.get("pid", -1))):
-            continue
-        # The dead worker's Trial object is gone; the storage is the only handle left on its trial.
-        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "worker died (process gone)")
-        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-        reaped.append(t.number)
-        if retry and t.user_attrs.get("retry_of") is None:  # retried once, not forever
-            study.enqueue_trial(t.params, user_attrs={**_enqueue_attrs(t), "retry_of": t.number})
-    return reaped
-
-
-def _enqueue_attrs(t) -> dict[str, Any]:
-    return {k: v for k, v in t.user_attrs.items() if k in ("enqueued_from",)}
 
 
 def _parent_run(study, tracking_uri, experiment: str, space, storage_label: str, base_cfg) -> str:
@@ -138,6 +105,24 @@ def _log_decode_counts(client: Any, parent_run_id: str, data_cfg: DataConfig, si
     return metrics
 
 
+def _reap(study, storage_uri: str) -> list[int]:
+    """Fail (and enqueue once more) the trials of dead workers: same-host pids gone, or stale heartbeats."""
+    from harness.sweep.liveness import fail_stale_trials, reap_dead_trials
+
+    return sorted(reap_dead_trials(study) + fail_stale_trials(study))
+
+
+def _ask(study):
+    # Optuna warns that heartbeats belong to study.optimize; this loop beats itself (liveness.Heartbeat).
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        return study.ask()
+
+
+def _sigterm_as_interrupt(signum, frame):  # noqa: ARG001
+    raise KeyboardInterrupt
+
+
 def run_sweep(
     space_path: Path,
     trials: int,
@@ -146,21 +131,32 @@ def run_sweep(
     tracking_uri: str | None = None,
     max_failures: int = 10,
     progress: bool = True,
+    resume_trials: bool = True,
+    heartbeat_interval: int = HEARTBEAT_INTERVAL,
+    grace_period: int = GRACE_PERIOD,
 ) -> SweepSummary:
+    """Run trials until the study holds `trials` finished ones (counting every worker's), then summarise.
+
+    `resume_trials`: a retried trial (its worker died) continues from the dead trial's `last`
+    checkpoint when this machine has it. `heartbeat_interval` (0: off) and `grace_period` apply to
+    database storages, where they let workers on other machines notice a dead one.
+    """
     import optuna
     from optuna.trial import TrialState
 
     from harness.data.cache import build_cache
     from harness.data.index import build_manifest
-    from harness.sweep.report import log_study_artifacts, summarise
+    from harness.sweep.liveness import Heartbeat, mark_worker
+    from harness.sweep.report import TrialBar, log_study_artifacts, summarise
     from harness.sweep.space import build_pruner, build_sampler, load_space
     from harness.sweep.storage import DEFAULT_STORAGE, open_storage, storage_lock
-    from harness.sweep.trial import config_record, run_trial, trial_params_for_mlflow
-    from harness.sweep.report import TrialBar
+    from harness.sweep.trial import config_record, prepare_resume, run_trial, trial_params_for_mlflow
     from harness.track.mlflow_run import MLflowTracker, mask_uri, open_client
 
     if trials < 1:
         raise StudyError(f"--trials must be >= 1, but got {trials}")
+    if heartbeat_interval < 0 or (heartbeat_interval and grace_period <= heartbeat_interval):
+        raise StudyError(f"--grace-period must exceed --heartbeat, but got {grace_period} <= {heartbeat_interval}")
     space = load_space(Path(space_path))
     study_name = study_name or Path(space_path).stem
     storage_uri = storage or DEFAULT_STORAGE
@@ -175,10 +171,11 @@ def run_sweep(
         # Every trial and worker then reads frames from the cache; with two workers, each builds half.
         build_cache(manifest, base_cfg.data, progress=progress)
 
+    raw_storage = open_storage(storage_uri, heartbeat_interval or None, grace_period if heartbeat_interval else None)
     with storage_lock(storage_uri):
         study = optuna.create_study(
             study_name=study_name,
-            storage=open_storage(storage_uri),
+            storage=raw_storage,
             sampler=build_sampler(space.study.sampler),
             pruner=build_pruner(space.study.pruner),
             direction=space.study.direction,
@@ -190,73 +187,99 @@ def run_sweep(
             study.set_user_attr("enqueued", True)
             study.set_user_attr("metric", space.study.metric)
             study.set_user_attr("space_path", str(Path(space_path).resolve()))
-        reaped = reap_dead_trials(study)
+        reaped = _reap(study, storage_uri)
         parent_run_id = _parent_run(study, tracking_uri, base_cfg.tracking.experiment, space, mask_uri(storage_uri), base_cfg)
     client = open_client(tracking_uri)
     closed = _close_orphan_runs(client, parent_run_id, study)
     if reaped or closed:
-        print(f"resumed: failed {len(reaped)} dead trial(s) {reaped} and closed {closed} cut-off MLflow run(s)")
+        print(f"resumed: failed {len(reaped)} dead trial(s) {reaped} (each retried once) and closed {closed} "
+              f"cut-off MLflow run(s)")
 
     maximize = space.study.direction == "maximize"
     metric = space.study.metric
     sweep_dir = base_cfg.train.output_dir / "sweeps" / study_name
-    ran_here = 0
+    ran_here, stop_reason, interrupted_trial = 0, None, None
+    previous_sigterm = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
 
-    with TrialBar(trials, enabled=progress) as bar:
-        while True:
-            with storage_lock(storage_uri):
-                states = [t.state.name for t in study.get_trials(deepcopy=False)]
-                done = sum(s in FINISHED for s in states)
-                bar.set_done(done)
-                if done + states.count("RUNNING") >= trials:
-                    break
-                if states.count("FAIL") >= max_failures:
-                    print(f"stopping: {states.count('FAIL')} failed trials reached --max-failures {max_failures}")
-                    break
-                trial = study.ask()
-                trial.set_user_attr("host", socket.gethostname())
-                trial.set_user_attr("pid", os.getpid())
-            params = space.suggest(trial)
-            cfg = space.config_for(params)
-            trial.set_user_attr("config", config_record(cfg))
-            origin = trial.user_attrs.get("enqueued_from", "sampled")
-            tracker = MLflowTracker(
-                tracking_uri,
-                cfg.tracking.experiment,
-                run_name=f"trial-{trial.number}",
-                parent_run_id=parent_run_id,
-                tags={"optuna.trial": str(trial.number), "optuna.study": study_name, "harness.origin": origin},
-                extra_params=trial_params_for_mlflow(params),
-            )
-            bar.start_trial(trial.number, origin)
-            try:
-                outcome = run_trial(
-                    trial, cfg, sweep_dir / f"trial-{trial.number}", metric, maximize, tracker, manifest, bar.update
+    try:
+        with TrialBar(trials, enabled=progress) as bar:
+            while True:
+                with storage_lock(storage_uri):
+                    # Workers on other machines die too; their trials are noticed here, between trials.
+                    if _reap(study, storage_uri):
+                        _close_orphan_runs(client, parent_run_id, study)
+                    states = [t.state.name for t in study.get_trials(deepcopy=False)]
+                    done = sum(s in FINISHED for s in states)
+                    bar.set_done(done)
+                    if done + states.count("RUNNING") >= trials:
+                        break
+                    if states.count("FAIL") >= max_failures:
+                        stop_reason = (f"{states.count('FAIL')} failed trials reached --max-failures {max_failures} "
+                                       f"with {done} of {trials} finished")
+                        print(f"stopping: {stop_reason}")
+                        break
+                    trial = _ask(study)
+                    mark_worker(trial)
+                params = space.suggest(trial)
+                cfg = space.config_for(params)
+                trial.set_user_attr("config", config_record(cfg))
+                origin = trial.user_attrs.get("enqueued_from", "sampled")
+                retry_of = trial.user_attrs.get("retry_of")
+                run_dir = sweep_dir / f"trial-{trial.number}"
+                resume = None
+                if resume_trials and retry_of is not None:
+                    resume = prepare_resume(sweep_dir / f"trial-{retry_of}", run_dir, cfg)
+                tags = {"optuna.trial": str(trial.number), "optuna.study": study_name, "harness.origin": origin}
+                if retry_of is not None:
+                    tags["harness.retry_of"] = str(retry_of)
+                tracker = MLflowTracker(
+                    tracking_uri,
+                    cfg.tracking.experiment,
+                    run_name=f"trial-{trial.number}",
+                    parent_run_id=parent_run_id,
+                    tags=tags,
+                    extra_params=trial_params_for_mlflow(params),
                 )
-            except KeyboardInterrupt:
-                trial.set_user_attr("fail_reason", "interrupted")
-                study.tell(trial, state=TrialState.FAIL)
+                bar.start_trial(trial.number, origin if retry_of is None else f"retry of {retry_of}")
+                try:
+                    with Heartbeat(raw_storage, trial._trial_id):
+                        outcome = run_trial(
+                            trial, cfg, run_dir, metric, maximize, tracker, manifest, bar.update, resume=resume
+                        )
+                except KeyboardInterrupt:
+                    interrupted_trial = trial.number
+                    trial.set_user_attr("fail_reason", "interrupted")
+                    study.tell(trial, state=TrialState.FAIL)
+                    if tracker.run_id:
+                        tracker.set_tags({"optuna.state": "FAIL", "optuna.reason": "interrupted"})
+                        tracker.finish("KILLED")
+                    client.update_run(parent_run_id, status="KILLED")
+                    raise
+                trial.set_user_attr("epochs_run", outcome.epochs_run)
+                if outcome.state != "COMPLETE":
+                    trial.set_user_attr("fail_reason" if outcome.state == "FAIL" else "prune_reason", outcome.reason)
                 if tracker.run_id:
-                    tracker.set_tags({"optuna.state": "FAIL", "optuna.reason": "interrupted"})
-                    tracker.finish("KILLED")
-                client.update_run(parent_run_id, status="KILLED")
-                print(f"\ninterrupted: trial {trial.number} recorded as failed. Rerun the same command to resume.")
-                raise
-            trial.set_user_attr("epochs_run", outcome.epochs_run)
-            if outcome.state != "COMPLETE":
-                trial.set_user_attr("fail_reason" if outcome.state == "FAIL" else "prune_reason", outcome.reason)
-            if tracker.run_id:
-                trial.set_user_attr("mlflow_run_id", tracker.run_id)
-            if outcome.state == "COMPLETE":
-                study.tell(trial, outcome.value)
-            else:
-                study.tell(trial, state=TrialState[outcome.state])
-            bar.end_trial(outcome, study)
-            ran_here += 1
+                    trial.set_user_attr("mlflow_run_id", tracker.run_id)
+                if outcome.state == "COMPLETE":
+                    study.tell(trial, outcome.value)
+                else:
+                    study.tell(trial, state=TrialState[outcome.state])
+                bar.end_trial(outcome, study)
+                ran_here += 1
+    except KeyboardInterrupt:
+        # Printed once the progress display is gone, so it is the last thing on the screen.
+        what = ("between trials" if interrupted_trial is None else
+                f"trial {interrupted_trial} recorded as failed (\"interrupted\") and its MLflow run closed")
+        print(f"interrupted: {what}. Rerun the same command to resume: finished trials are kept and the study "
+              f"runs until it holds {trials} finished trials.")
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
 
     summary = summarise(study, metric, base_cfg.train.epochs, parent_run_id, time.perf_counter() - started, ran_here)
+    summary.stop_reason = stop_reason
     log_study_artifacts(client, parent_run_id, study, summary)
     if base_cfg.data.cache:
         _log_decode_counts(client, parent_run_id, base_cfg.data, cache_since)
-    client.set_terminated(parent_run_id, "FINISHED")
+    client.set_terminated(parent_run_id, "FAILED" if stop_reason else "FINISHED")
     return summary

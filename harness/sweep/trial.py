@@ -6,7 +6,9 @@ trainer stays unaware of Optuna because reporting and pruning live in `PruningRe
 
 from __future__ import annotations
 
+import logging
 import math
+import shutil
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,11 +16,21 @@ from typing import Any
 
 import pandas as pd
 
+from harness.config.loading import flatten
 from harness.config.schema import Config
 from harness.train.callbacks import Callback, CallbackList, RunInfo
+from harness.train.checkpoint import load_checkpoint
 from harness.train.trainer import TrainResult, fit
 
-__all__ = ["PruningReporter", "TrialProgress", "TrialOutcome", "run_trial", "objective_value", "trial_params_for_mlflow", "config_record"]
+__all__ = [
+    "PruningReporter", "TrialProgress", "TrialOutcome", "ResumedHistory", "run_trial", "prepare_resume",
+    "objective_value", "trial_params_for_mlflow", "config_record",
+]
+
+log = logging.getLogger(__name__)
+
+# An out-of-memory back-off changes these during a run; a checkpoint that differs only there still fits.
+_BATCHING_KEYS = ("train.batch_size", "train.grad_accum_steps", "train.max_train_batches")
 
 
 class PruningReporter(Callback):
@@ -57,6 +69,48 @@ class TrialProgress(Callback):
         return True
 
 
+class ResumedHistory(Callback):
+    """A retried trial that resumes from the dead trial's checkpoint starts with that trial's past.
+
+    Its epochs go to the new MLflow run (so its curves are whole) and its validations to the new
+    Optuna trial (so the pruner compares it at every step, not only from the resumed epoch on).
+    """
+
+    def __init__(self, state: dict[str, Any], tracker: Any, trial: Any, metric: str, source: str) -> None:
+        self.state, self.tracker, self.trial, self.metric, self.source = state, tracker, trial, metric, source
+
+    def on_run_start(self, info: RunInfo) -> None:
+        for row in self.state["train_history"]:
+            self.tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+        for row in self.state["history"]:
+            self.tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+            value = row.get(f"val_{self.metric}")
+            if value is not None and not math.isnan(value):
+                self.trial.report(value, step=int(row["epoch"]))
+        self.tracker.set_tags({"harness.resumed_from": f"{self.source} after epoch {self.state['epoch']}"})
+
+
+def prepare_resume(source_dir: Path, run_dir: Path, cfg: Config) -> Path | None:
+    """Copy a dead trial's `last` and `best` checkpoints into its retry's folder; the checkpoint to resume from.
+
+    None (train from epoch 0) when the dead trial left no `last` checkpoint here, or one of another config.
+    """
+    last = source_dir / "last.pt"
+    if not last.is_file():
+        return None
+    saved = load_checkpoint(last).get("config", {})
+    mine = {k: v for k, v in flatten(cfg.model_dump(mode="json")).items() if k not in _BATCHING_KEYS}
+    theirs = {k: v for k, v in flatten(saved).items() if k not in _BATCHING_KEYS}
+    if mine != theirs:
+        log.warning("not resuming from %s: its config differs from this trial's; training from the start", last)
+        return None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("last.pt", "best.pt"):
+        if (source_dir / name).is_file():
+            shutil.copy2(source_dir / name, run_dir / name)
+    return run_dir / "last.pt"
+
+
 @dataclass
 class TrialOutcome:
     state: str  # COMPLETE | PRUNED | FAIL
@@ -82,17 +136,25 @@ def run_trial(
     tracker: Any,
     manifest: pd.DataFrame,
     progress_update=None,
+    resume: Path | None = None,
 ) -> TrialOutcome:
-    """Train one trial's config; every ending (complete, pruned, NaN, exception) becomes a TrialOutcome.
+    """Train one trial's config; every ending (complete, pruned, NaN, OOM, exception) becomes a TrialOutcome.
 
+    `resume`: a checkpoint from `prepare_resume`, whose past epochs are replayed to MLflow and the pruner.
     KeyboardInterrupt is not caught here: the sweep records the trial as failed ("interrupted") and stops.
     """
     reporter = PruningReporter(trial, metric)
-    callbacks: list[Callback] = [tracker, reporter]
+    callbacks: list[Callback] = [tracker]
+    if resume is not None:
+        source = f"trial {trial.user_attrs.get('retry_of')}"
+        callbacks.append(ResumedHistory(load_checkpoint(resume), tracker, trial, metric, source))
+    callbacks.append(reporter)
     if progress_update is not None:
         callbacks.append(TrialProgress(progress_update))
     try:
-        result: TrainResult = fit(cfg, CallbackList(callbacks), run_dir=run_dir, manifest=manifest, progress=False)
+        result: TrainResult = fit(
+            cfg, CallbackList(callbacks), run_dir=run_dir, resume=resume, manifest=manifest, progress=False
+        )
     except Exception as exc:  # a broken trial must not end the sweep
         reason = f"{type(exc).__name__}: {exc}"
         if "out of memory" in str(exc).lower():

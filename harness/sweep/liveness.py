@@ -1,0 +1,126 @@
+"""Which workers are still alive: heartbeats while a trial trains, and failing (then retrying once) the trials of dead ones.
+
+A worker killed with SIGKILL (or a machine that lost power) leaves its trial RUNNING forever.
+Two signs tell that it is gone: on the same machine, the pid recorded on the trial no longer
+exists; on any machine, a database storage's heartbeat is older than its grace period. Either
+way the trial is failed with a reason and its parameters are enqueued once more, marked
+`retry_of`, so the study still reaches its target count and a retry can resume from the dead
+trial's `last` checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from types import TracebackType
+from typing import Any
+
+__all__ = ["Heartbeat", "reap_dead_trials", "retry_once", "mark_worker", "fail_stale_trials", "HEARTBEAT_INTERVAL", "GRACE_PERIOD"]
+
+# A running trial's worker beats once a minute; after three silent minutes another worker retries it.
+HEARTBEAT_INTERVAL = 60
+GRACE_PERIOD = 180
+
+
+def mark_worker(trial: Any) -> None:
+    """Record which process runs the trial, so a restart on this machine can tell whether it died."""
+    trial.set_user_attr("host", socket.gethostname())
+    trial.set_user_attr("pid", os.getpid())
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def retry_once(study: Any, trial: Any) -> None:
+    """Enqueue a dead trial's parameters again, unless it was a retry itself."""
+    if trial.user_attrs.get("retry_of") is not None:
+        return  # retried once, not forever
+    attrs = {k: v for k, v in trial.user_attrs.items() if k == "enqueued_from"}
+    study.enqueue_trial(trial.params, user_attrs={**attrs, "retry_of": trial.number})
+
+
+def reap_dead_trials(study: Any, retry: bool = True) -> list[int]:
+    """Fail RUNNING trials whose worker on this machine (recorded host and pid) is gone; enqueue each once more."""
+    from optuna.trial import TrialState
+
+    host = socket.gethostname()
+    reaped = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get("host") != host or _pid_alive(int(t.user_attrs.get("pid", -1))):
+            continue
+        # The dead worker's Trial object is gone; the storage is the only handle left on its trial.
+        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "worker died (process gone)")
+        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+        reaped.append(t.number)
+        if retry:
+            retry_once(study, study._storage.get_trial(t._trial_id))
+    return reaped
+
+
+def fail_stale_trials(study: Any, retry: bool = True) -> list[int]:
+    """Fail the trials whose heartbeat went stale (database storages with a heartbeat only); enqueue each once more.
+
+    Optuna's own `fail_stale_trials` fails them first and calls back after, when a finished trial
+    no longer takes the reason as a user attribute; so the stale ids are asked for directly.
+    """
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    interval = storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
+    if not interval:
+        return []
+    failed = []
+    for trial_id in storage._get_stale_trial_ids(study._study_id):
+        try:
+            storage.set_trial_user_attr(trial_id, "fail_reason", "worker lost: its heartbeat stopped (grace period over)")
+            storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+        except UpdateFinishedTrialError:
+            continue  # another worker failed it first, and retried it
+        trial = storage.get_trial(trial_id)
+        failed.append(trial.number)
+        if retry:
+            retry_once(study, trial)
+    return failed
+
+
+class Heartbeat:
+    """Beats for one trial every `interval` seconds in a daemon thread, while the trial trains.
+
+    Does nothing on storages without a heartbeat (journal files, or `--heartbeat 0`).
+    """
+
+    def __init__(self, storage: Any, trial_id: int) -> None:
+        self.storage = storage
+        self.trial_id = trial_id
+        self.interval = storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception:  # a missed beat is retried; the grace period allows several
+                pass
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> Heartbeat:
+        if self.interval:
+            self._thread = threading.Thread(target=self._run, name=f"heartbeat-{self.trial_id}", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()

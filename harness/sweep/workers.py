@@ -1,0 +1,69 @@
+"""`harness sweep --gpus 0,1`: one worker process per GPU on this machine, all on one study.
+
+Each worker is the same `harness sweep` command (without --gpus) with `CUDA_VISIBLE_DEVICES` set
+to its GPU, so `train.device: auto` picks that GPU as cuda:0. The workers coordinate through the
+study's storage exactly as separately started workers do; this only saves typing N commands.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from typing import IO
+
+from harness.errors import HarnessError
+
+__all__ = ["parse_gpus", "launch_per_gpu"]
+
+_WAIT_AFTER_INTERRUPT = 120  # seconds a worker gets to record its trial as interrupted
+
+
+def parse_gpus(spec: str) -> list[str]:
+    gpus = [g.strip() for g in spec.split(",") if g.strip()]
+    if not gpus or not all(g.isdigit() for g in gpus) or len(set(gpus)) != len(gpus):
+        raise HarnessError(f"--gpus must list distinct GPU indices such as 0,1, but got {spec!r}")
+    return gpus
+
+
+def _relay(stream: IO[str], prefix: str) -> None:
+    for line in stream:
+        sys.stdout.write(f"{prefix} {line}")
+        sys.stdout.flush()
+
+
+def launch_per_gpu(gpus: Sequence[str], argv: Sequence[str]) -> int:
+    """Start one `harness` worker per GPU with `argv`, relay their output, and return the worst exit code."""
+    procs: list[subprocess.Popen] = []
+    relays: list[threading.Thread] = []
+    print(f"starting {len(gpus)} sweep workers, one per GPU ({', '.join(gpus)})")
+    for gpu in gpus:
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "harness", *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, bufsize=1,
+        )
+        procs.append(proc)
+        relay = threading.Thread(target=_relay, args=(proc.stdout, f"[gpu {gpu}]"), daemon=True)
+        relay.start()
+        relays.append(relay)
+    try:
+        codes = [proc.wait() for proc in procs]
+    except KeyboardInterrupt:
+        # Ctrl-C in a terminal reaches the workers too; a signal sent to this process alone is passed on.
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for proc in procs:
+            try:
+                proc.wait(timeout=_WAIT_AFTER_INTERRUPT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        raise
+    finally:
+        for relay in relays:
+            relay.join(timeout=5)
+    return max(codes)
