@@ -122,6 +122,7 @@ def test_bad_space_is_refused_before_any_trial(tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "j.journal").exists()
 
 
+@pytest.mark.faults
 def test_two_workers_on_one_journal_finish_exactly_n_trials(synthetic_root: Path, tmp_path: Path) -> None:
     space = write_space(tmp_path, synthetic_root, {"type": "none"})
     journal = str(tmp_path / "optuna.journal")
