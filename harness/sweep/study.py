@@ -171,8 +171,10 @@ def run_sweep(
         # Every trial and worker then reads frames from the cache; with two workers, each builds half.
         build_cache(manifest, base_cfg.data, progress=progress)
 
-    raw_storage = open_storage(storage_uri, heartbeat_interval or None, grace_period if heartbeat_interval else None)
     with storage_lock(storage_uri):
+        # Inside the lock: two workers opening a fresh database at once would both create Optuna's
+        # tables, and one would die of a duplicate-key error.
+        raw_storage = open_storage(storage_uri, heartbeat_interval or None, grace_period if heartbeat_interval else None)
         study = optuna.create_study(
             study_name=study_name,
             storage=raw_storage,
