@@ -245,6 +245,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from harness.sweep.report import print_summary
     from harness.sweep.study import run_sweep
 
+    # An HTTP tracking server makes MLflow print two links per closed run, which would break the
+    # progress display; the summary names the parent run instead.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     if args.gpus is not None:
         from harness.sweep.workers import launch_per_gpu, parse_gpus
 

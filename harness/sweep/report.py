@@ -182,6 +182,7 @@ def print_summary(summary: SweepSummary, top: int = 10) -> None:
         console.print(f"failed: trial {r['trial']}: {r['reason'] or 'no reason recorded'}", markup=False)
     if summary.stop_reason:
         console.print(f"stopped early: {summary.stop_reason}", markup=False)
+    console.print(f"MLflow parent run {summary.parent_run_id} holds one child run per trial", markup=False)
     if summary.best_number is not None:
         console.print(f"best: trial {summary.best_number}, {metric} {summary.best_value:.4f}. "
                       f"Export it with `harness export-best --study-name {summary.study_name} --out best.yaml`")

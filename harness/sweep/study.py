@@ -283,5 +283,9 @@ def run_sweep(
     log_study_artifacts(client, parent_run_id, study, summary)
     if base_cfg.data.cache:
         _log_decode_counts(client, parent_run_id, base_cfg.data, cache_since)
-    client.set_terminated(parent_run_id, "FAILED" if stop_reason else "FINISHED")
+    if stop_reason:
+        client.set_terminated(parent_run_id, "FAILED")
+    elif not any(t.state.name == "RUNNING" for t in study.get_trials(deepcopy=False)):
+        # With several workers, the last one to finish closes the parent; the others leave it running.
+        client.set_terminated(parent_run_id, "FINISHED")
     return summary
