@@ -55,7 +55,7 @@ class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite; `fit` turns it into a result with status "nan"."""
 
 
-class OutOfMemoryAtFloor(RuntimeError):
+class OutOfMemoryAtFloor(Exception):  # not a RuntimeError, so is_out_of_memory never retries it
     """Out of memory at the smallest micro-batch allowed; `fit` turns it into a result with status "oom"."""
 
 
@@ -256,7 +256,6 @@ class _Session:
     scheduler: Any
     scaler: torch.amp.GradScaler
     stopper: EarlyStopping
-    manifest: pd.DataFrame
     faults: Faults = field(default_factory=Faults)
     epoch: int = 0
     num_updates: int = 0
@@ -305,9 +304,10 @@ class _Session:
         self.cfg = self.cfg.model_copy(update={"train": train})
         self.loaders = self.loaders.with_batch_size(batch_size)
 
-    def report(self, epoch: int, kind: str, message: str, values: dict[str, float], callbacks: Callback) -> None:
+    def report(self, epoch: int, kind: str, message: str, values: dict[str, float], callbacks: Callback, **detail: Any) -> None:
+        """Log an adjustment or a skip, keep it for `last.pt` and the result, and tell the callbacks."""
         log.warning(message)
-        self.events.append({"epoch": epoch, "kind": kind, "message": message, **values})
+        self.events.append({"epoch": epoch, "kind": kind, "message": message, **values, **detail})
         callbacks.on_event(epoch, kind, message, values)
 
 
@@ -378,8 +378,7 @@ def _report_bad_videos(s: _Session, epoch: int, callbacks: Callback) -> None:
                 continue
             fate = "its clips are replaced by other videos of the same label" if split == "train" else "it is left out of the metrics"
             s.report(epoch, "bad_video", f"{path} ({split}) failed to decode in epoch {epoch}; {fate}",
-                     {"bad_videos": len(known) + 1}, callbacks)
-            s.events[-1]["path"] = path
+                     {"bad_videos": len(known) + 1}, callbacks, path=path)
             known.add(path)
 
 
@@ -420,7 +419,6 @@ def _build_session(cfg: Config, manifest: pd.DataFrame | None, progress: bool) -
         # fp16 needs loss scaling against underflow; bf16 (CPU autocast) and fp32 do not.
         scaler=torch.amp.GradScaler(device.type, enabled=cfg.train.amp and device.type == "cuda"),
         stopper=EarlyStopping(cfg.early_stop.mode, cfg.early_stop.patience, cfg.early_stop.min_delta),
-        manifest=manifest,
         faults=Faults.from_env(),
     )
     return session, manifest
