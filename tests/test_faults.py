@@ -66,6 +66,14 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
         time.sleep(0.1)
 
 
+def _worker_paused_in_trial_0(tmp: Path, data: Path) -> tuple[Path, str, subprocess.Popen]:
+    """A 2-trial sweep worker stopped after trial 0's first epoch was checkpointed: (space, tracking URI, process)."""
+    space = write_space(tmp, data, {"type": "none"})
+    worker = _start(_sweep(tmp, space, 2), tmp, "pause_after_epoch=1")
+    _wait_for(tmp / "runs" / "sweeps" / STUDY / "trial-0" / "run_state.json", worker)
+    return space, f"sqlite:///{tmp / 'mlflow.db'}", worker
+
+
 def _trials(tmp: Path, storage: str | None = None) -> list:
     study = optuna.load_study(study_name=STUDY, storage=open_storage(storage or str(tmp / "optuna.journal")))
     return study.get_trials()
@@ -87,10 +95,7 @@ def _parent(runs: list):
 
 
 def test_kill_9_mid_trial_then_rerun_fails_retries_and_resumes_it(synthetic_root: Path, tmp_path: Path) -> None:
-    space = write_space(tmp_path, synthetic_root, {"type": "none"})
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    worker = _start(_sweep(tmp_path, space, 2), tmp_path, "pause_after_epoch=1")
-    _wait_for(tmp_path / "runs" / "sweeps" / STUDY / "trial-0" / "run_state.json", worker)
+    space, uri, worker = _worker_paused_in_trial_0(tmp_path, synthetic_root)
     worker.send_signal(signal.SIGKILL)
     worker.wait(timeout=30)
     assert [t.state.name for t in _trials(tmp_path)][:1] == ["RUNNING"]
@@ -123,10 +128,7 @@ def test_kill_9_mid_trial_then_rerun_fails_retries_and_resumes_it(synthetic_root
 
 
 def test_ctrl_c_records_the_trial_as_interrupted_and_says_how_to_resume(synthetic_root: Path, tmp_path: Path) -> None:
-    space = write_space(tmp_path, synthetic_root, {"type": "none"})
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    worker = _start(_sweep(tmp_path, space, 2), tmp_path, "pause_after_epoch=1")
-    _wait_for(tmp_path / "runs" / "sweeps" / STUDY / "trial-0" / "run_state.json", worker)
+    _, uri, worker = _worker_paused_in_trial_0(tmp_path, synthetic_root)
     worker.send_signal(signal.SIGINT)
     out, _ = worker.communicate(timeout=60)
     assert worker.returncode == 130, out
