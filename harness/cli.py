@@ -210,7 +210,8 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
                         "and runs only the missing ones (default 40)")
     p.add_argument("--storage", default=None,
                    help="Optuna storage: a journal file path (default optuna.journal here; several local workers may "
-                        "share it) or a database URL such as postgresql://user@host/db for several machines")
+                        "share it) or a database URL such as postgresql+psycopg2://user@host/db for several machines "
+                        "(keep the password in ~/.pgpass; one in the URL is masked in logs and MLflow)")
     p.add_argument("--study-name", default=None, help="default: the space file's name without .yaml")
     p.add_argument("--max-failures", type=int, default=10,
                    help="stop (exit 1) when the study holds this many failed trials (default 10)")
