@@ -105,7 +105,7 @@ def _log_decode_counts(client: Any, parent_run_id: str, data_cfg: DataConfig, si
     return metrics
 
 
-def _reap(study, storage_uri: str) -> list[int]:
+def _reap(study) -> list[int]:
     """Fail (and enqueue once more) the trials of dead workers: same-host pids gone, or stale heartbeats."""
     from harness.sweep.liveness import fail_stale_trials, reap_dead_trials
 
@@ -189,7 +189,7 @@ def run_sweep(
             study.set_user_attr("enqueued", True)
             study.set_user_attr("metric", space.study.metric)
             study.set_user_attr("space_path", str(Path(space_path).resolve()))
-        reaped = _reap(study, storage_uri)
+        reaped = _reap(study)
         parent_run_id = _parent_run(study, tracking_uri, base_cfg.tracking.experiment, space, mask_uri(storage_uri), base_cfg)
     client = open_client(tracking_uri)
     closed = _close_orphan_runs(client, parent_run_id, study)
@@ -208,7 +208,7 @@ def run_sweep(
             while True:
                 with storage_lock(storage_uri):
                     # Workers on other machines die too; their trials are noticed here, between trials.
-                    if _reap(study, storage_uri):
+                    if _reap(study):
                         _close_orphan_runs(client, parent_run_id, study)
                     states = [t.state.name for t in study.get_trials(deepcopy=False)]
                     done = sum(s in FINISHED for s in states)
