@@ -52,7 +52,7 @@ def test_compare_runs_nested_children_writes_the_report_and_reuses_finished_runs
     configs = [ROOT / "baseline.yaml", ROOT / "recommended.yaml"]
     assert main(compare_args(tmp_path, videos, configs, "rep")) == 0
     printed = capsys.readouterr().out
-    assert "4 run(s) trained, 0 reused" in printed and "not distinguishable" in printed
+    assert "4 run(s) trained, 0 reused" in printed and "undecided" in printed
 
     out = tmp_path / "rep"
     table = pd.read_csv(out / "compare.csv")
@@ -60,7 +60,8 @@ def test_compare_runs_nested_children_writes_the_report_and_reuses_finished_runs
     assert table["n_seeds"].tolist() == [2, 2]
     assert {"video_auc_mean", "video_auc_std", "clip_auc_mean", "video_ap_mean", "video_eer_mean", "best_epoch_mean",
             "wall_seconds_mean", "ci_low", "ci_high", "p_paired_t", "verdict", "delong_p", "volatility_verdict",
-            "spread_verdict"} <= set(table.columns)
+            "spread_verdict", "family", "seeds", "verdict_ci_low", "seeds_needed", "p_tost"} <= set(table.columns)
+    assert table["family"].iloc[1] == "primary" and table["seeds"].iloc[1] == "0 1"
     rec = table.iloc[1]
     assert rec["n_pairs"] == 2 and rec["ci_low"] <= rec["video_auc_diff"] <= rec["ci_high"]
     runs = pd.read_csv(out / "runs.csv")
@@ -85,6 +86,8 @@ def test_compare_runs_nested_children_writes_the_report_and_reuses_finished_runs
         ("baseline", "0"), ("baseline", "1"), ("recommended", "0"), ("recommended", "1")}
     assert len({k.data.tags["harness.config_hash"] for k in kids}) == 2
     assert {k.data.params["seed"] for k in kids} == {"0", "1"}
+    assert {k.data.params["train.deterministic"] for k in kids} == {"True"}  # compare's default
+    assert all(k.data.tags["harness.torch"] and k.data.tags["harness.code"].startswith("0.") for k in kids)
     assert {a.path for a in client.list_artifacts(parent_id)} >= {"report.md", "compare.csv", "runs.csv",
                                                                   "auc_by_config.png", "val_curves.png", "configs"}
 
@@ -105,7 +108,15 @@ def test_compare_runs_nested_children_writes_the_report_and_reuses_finished_runs
     same = pd.read_csv(tmp_path / "same" / "compare.csv")
     assert same["config"].tolist() == ["baseline", "baseline-2"]
     assert same["video_auc_diff"].iloc[1] == 0.0 and same["p_paired_t"].iloc[1] == 1.0
-    assert same["verdict"].iloc[1] == "not distinguishable"
+    assert same["verdict"].iloc[1] == "equivalent"
+
+    # A run made by other code (another commit or torch) is not reused: that one run trains again.
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    old = next(k for k in kids if k.data.tags["harness.arm"] == "recommended" and k.data.tags["harness.seed"] == "1")
+    client.set_tag(old.info.run_id, "harness.code", "0.0.0+another-commit")
+    assert main(compare_args(tmp_path, videos, configs, "rep")) == 0
+    assert "1 run(s) trained, 3 reused" in capsys.readouterr().out
 
 
 def test_compare_ablate_runs_each_recommendation_alone_and_trains_identical_arms_once(
@@ -138,9 +149,34 @@ def test_compare_refuses_bad_input_before_running_anything(tmp_path: Path, capsy
     assert code == 2
     err = capsys.readouterr().err
     assert "--configs needs a baseline and at least one other config, but got 1 file(s)" in err
-    assert "--seeds must be >= 2" in err and "but got 1" in err
+    assert "--seeds must be 'auto' or a whole number >= 2" in err and "but got 1" in err
     code = main(["compare", "--configs", str(ROOT / "baseline.yaml"), str(ROOT / "recommended.yaml"),
                  "--set", "optim.lrr=1", "--out", str(tmp_path / "r"), "--tracking-uri", uri])
     assert code == 2
     assert "unknown key 'optim.lrr'" in capsys.readouterr().err
     assert not (tmp_path / "r").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_compare_seeds_auto_stops_each_contrast_at_its_verdict(videos: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    other = tmp_path / "lr.yaml"
+    other.write_text(f"base: {ROOT / 'baseline.yaml'}\noptim: {{lr: 0.0003}}\n")
+    args = compare_args(tmp_path, videos, [ROOT / "baseline.yaml", ROOT / "baseline.yaml", other], "auto",
+                        "--set", "train.epochs=1")
+    args[args.index("--seeds") + 1] = "auto"
+    assert main([*args, "--max-seeds", "4", "--margin", "0.02"]) == 0
+    printed = capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "auto" / "compare.csv").set_index("config")
+    # The identical copy is decided at the first look (3 seeds) and gets no fourth seed.
+    assert table.loc["baseline-2", "verdict"] == "equivalent" and table.loc["baseline-2", "decided_at"] == 3
+    assert table.loc["baseline-2", "n_pairs"] == 3
+    lr = table.loc["lr"]
+    assert lr["family"] == "secondary" and lr["verdict"] in ("better", "worse", "equivalent", "undecided")
+    if lr["verdict"] == "undecided":  # then it ran to --max-seeds and says how many seeds it would need
+        assert lr["n_pairs"] == 4 and "still undecided at --max-seeds 4" in printed and lr["seeds_needed"] > 4
+    else:
+        assert lr["decided_at"] <= lr["n_pairs"] <= 4
+    runs = pd.read_csv(tmp_path / "auto" / "runs.csv")
+    assert sorted(runs.loc[runs["config"] == "baseline", "seed"]) == list(range(int(table["n_pairs"].max())))
+    report = (tmp_path / "auto" / "report.md").read_text()
+    assert "group-sequential" in report and "equivalence margin ±0.02" in report

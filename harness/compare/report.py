@@ -1,7 +1,7 @@
 """What a comparison shows: the Markdown report, the CSVs and the terminal table.
 
 The Markdown says how every number was computed, so a report read months later still explains
-why a row says "not distinguishable" while its mean difference looks large.
+why a row says "undecided" while its mean difference looks large.
 """
 
 from __future__ import annotations
@@ -38,8 +38,14 @@ def _ci(lo: float, hi: float) -> str:
     return "-" if math.isnan(lo) else f"[{lo:+.3f}, {hi:+.3f}]"
 
 
-TABLE_COLUMNS = ("config", "video AUC (mean ± std)", "Δ vs baseline", "95% CI", "p (paired t)", "verdict",
-                 "val-AUC volatility", "stability")
+TABLE_COLUMNS = ("config", "video AUC (mean ± std)", "Δ vs baseline", "interval", "seeds", "verdict",
+                 "seeds to decide", "val-AUC volatility", "stability")
+
+
+def _seeds_needed(value: float) -> str:
+    if value is None or math.isnan(value):
+        return ""
+    return "never at this spread" if math.isinf(value) else f"~{int(value)}"
 
 
 def format_table_rows(summary: pd.DataFrame, comparison: pd.DataFrame) -> list[list[str]]:
@@ -50,13 +56,15 @@ def format_table_rows(summary: pd.DataFrame, comparison: pd.DataFrame) -> list[l
         c = comp.loc[s["config"]] if s["config"] in comp.index else None
         auc = f"{_num(s['video_auc_mean'])} ± {_num(s['video_auc_std'])}"
         if c is None:
-            rows.append([s["config"], auc, "(baseline)", "", "", "", _num(s["val_auc_volatility_mean"]), ""])
+            rows.append([s["config"], auc, "(baseline)", "", "", "", "", _num(s["val_auc_volatility_mean"]), ""])
             continue
         stability = c["volatility_verdict"] if c["volatility_verdict"] != "not distinguishable" else "-"
         if c["spread_verdict"] != "not distinguishable":
             stability += f" (spread: {c['spread_verdict']})"
-        rows.append([s["config"], auc, _signed(c["video_auc_diff"]), _ci(c["ci_low"], c["ci_high"]),
-                     _p(c["p_paired_t"]), c["verdict"], _num(s["val_auc_volatility_mean"]), stability])
+        seeds = str(c["n_pairs"]) if math.isnan(c["decided_at"]) else f"{int(c['decided_at'])} of {c['n_pairs']}"
+        rows.append([s["config"], auc, _signed(c["diff_at_decision"]), _ci(c["verdict_ci_low"], c["verdict_ci_high"]),
+                     seeds, c["verdict"], _seeds_needed(c["seeds_needed"]), _num(s["val_auc_volatility_mean"]),
+                     stability])
     return rows
 
 
@@ -86,9 +94,13 @@ def _comparison_rows(comparison: pd.DataFrame) -> list[list[str]]:
     rows = []
     for _, c in comparison.iterrows():
         seed = "" if math.isnan(c["delong_seed"]) else f" (seed {int(c['delong_seed'])})"
+        decided = "-" if math.isnan(c["decided_at"]) else str(int(c["decided_at"]))
         rows.append([
-            c["config"], str(c["n_pairs"]), _signed(c["video_auc_diff"]), _ci(c["ci_low"], c["ci_high"]),
-            _p(c["p_paired_t"]), _p(c["p_paired_t_holm"]), _p(c["p_wilcoxon"]), f"**{c['verdict']}**",
+            c["config"], f"{c['family']}: {c['rule']}, α {c['alpha']:.3g}", c["seeds"] or "-", decided,
+            _signed(c["diff_at_decision"]), _ci(c["verdict_ci_low"], c["verdict_ci_high"]),
+            f"{_num(c['t'], 2)} vs ±{_num(c['t_bound'], 2)}", _p(c["p_paired_t"]), _p(c["p_paired_t_holm"]),
+            _p(c["p_tost"]), _p(c["p_tost_holm"]), f"**{c['verdict']}**", _seeds_needed(c["seeds_needed"]) or "-",
+            _ci(c["ci_low"], c["ci_high"]), _p(c["p_wilcoxon"]),
             f"{_signed(c['delong_auc_diff'])}, p {_p(c['delong_p'])}{seed}", c["delong_rejects"],
             "-" if math.isnan(c["volatility_diff"]) else
             f"{_signed(c['volatility_diff'])} {_ci(c['volatility_ci_low'], c['volatility_ci_high'])}",
@@ -121,11 +133,13 @@ def markdown_report(
     lines += ["", "## Per config (test split, best checkpoint of each run)", ""]
     lines += _md_table(["config", "seeds", "video AUC", "[min, max]", "clip AUC", "video AP", "video EER",
                         "best epoch", "wall s", "peak MiB", "val-AUC volatility"], _summary_rows(summary))
-    lines += ["", f"## Against `{baseline}` (paired by seed; level {pct})", ""]
+    margin = settings.get("margin", 0.01)
+    lines += ["", f"## Against `{baseline}` (paired by seed; level {pct}; equivalence margin ±{margin})", ""]
     if len(comparison):
-        lines += _md_table(["config", "pairs", "Δ video AUC", f"{pct} CI (bootstrap)", "p paired t", "p Holm",
-                            "p Wilcoxon", "verdict", "DeLong Δ AUC", f"DeLong p<{1 - level:.2g}", "Δ volatility [CI]",
-                            "volatility", "spread ratio", "spread"], _comparison_rows(comparison))
+        lines += _md_table(["config", "family, rule, α", "seeds", "decided at", "Δ video AUC", "interval", "t vs bound",
+                            "p t", "p t Holm", "p TOST", "p TOST Holm", "verdict", "seeds to decide",
+                            f"{pct} CI (bootstrap, descriptive)", "p Wilcoxon", "DeLong Δ AUC", f"DeLong p<{1 - level:.2g}",
+                            "Δ volatility [CI]", "volatility", "spread ratio", "spread"], _comparison_rows(comparison))
     if recommendations:
         lines += ["", "## Recommendations ablated (derived from the config diff)", ""]
         def keys(ks: Sequence[str]) -> str:
@@ -142,19 +156,32 @@ def markdown_report(
     lines += [
         f"- Seeds are the unit of replication. Seed k gives every config the same initial head, data order and "
         f"augmentation draws; differences are taken seed by seed and only over seeds where both runs finished.",
-        f"- The interval is an expanded percentile bootstrap of the mean paired difference (Hesterberg 2015). "
-        f"No bootstrap interval of a mean reaches outside the observed differences, so with n seeds it can cover "
-        f"at most 1 - 2^(1-n) (75 % with 3 seeds), not {pct}.",
-        "- That is why a verdict needs two things: the interval excludes zero *and* the paired t-test rejects at "
-        f"{1 - level:.2g}. The paired t-test is used rather than Wilcoxon because Wilcoxon's smallest two-sided "
-        "p-value is 2/2^n (0.25 with 3 seeds), so it could never reject with the seeds one can afford; "
-        "Wilcoxon is shown for reference. The Holm column adjusts the t-test's p-values for all rows asked at once.",
+        f"- Each contrast is the per-seed difference in test video AUC against `{baseline}`, decided as **better** "
+        f"or **worse** (the paired t statistic crosses its two-sided bound), **equivalent** (two one-sided tests "
+        f"against ±{margin} both cross their one-sided bound: the difference is smaller than the margin) or "
+        "**undecided**. `interval` is the verdict's own interval (mean ± bound x standard error); "
+        "`seeds to decide` estimates how many seeds the observed mean and spread would need to reach a verdict.",
+        "- The family: the primary contrast (the second config against the baseline) is tested at the full level; "
+        "every other row (further configs, ablations) is secondary. With a fixed `--seeds N` the secondary rows' "
+        "p-values are Holm-adjusted (superiority and equivalence each over the secondary rows; the `p Holm` "
+        "columns decide them). With `--seeds auto` each secondary row gets α divided by their number (Bonferroni).",
+        "- `--seeds auto` runs seed rounds (every config still undecided, and the baseline, get seed k) and looks "
+        "after every round from 3 seeds on; a contrast decided at a look is frozen and its config gets no more "
+        "seeds. Repeated looks would inflate false verdicts if each used the fixed-sample t quantile, so the bounds "
+        "are group-sequential: α is spent over the looks by the Lan-DeMets Pocock-type function, with the bounds "
+        "found by simulating the t statistics' joint law under no difference (`harness/compare/sequential.py`). "
+        "`decided at` is the seed count of that look; `Δ video AUC` and `interval` are as of that look.",
+        "- The bootstrap interval is descriptive only: an expanded percentile bootstrap of the mean paired "
+        "difference (Hesterberg 2015), over all paired seeds; no bootstrap interval of a mean reaches outside the "
+        "observed differences, so with few seeds it covers less than asked. Wilcoxon is shown for reference; its "
+        "smallest two-sided p-value is 2/2^n (0.25 with 3 seeds).",
         "- DeLong (fast midrank form, Sun & Xu 2014) compares the two AUCs on one seed's pooled test videos (all "
         "methods together). It measures only test-set sampling noise, not how much another seed would move a run; "
         "`DeLong p<α` counts the seeds on which it rejects.",
         "- Stability: volatility is the mean absolute change of validation video AUC between consecutive "
-        "validations of one run (configs validating every 2 epochs are measured over 2-epoch steps); it is "
-        "compared like the AUC, lower is steadier. Spread is the ratio of the test-AUC standard deviations across "
+        "validations. Against the baseline it is measured, seed by seed, on the epochs both runs validated (a "
+        "config validating every 2 epochs and one validating every epoch are both measured over 2-epoch steps), "
+        "and compared with the paired t-test and bootstrap interval, lower is steadier. Spread is the ratio of the test-AUC standard deviations across "
         "seeds, tested with Pitman-Morgan (paired variances).",
         "- Peak memory is CUDA's max allocated memory and is empty on CPU.",
     ]

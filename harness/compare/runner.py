@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from harness.compare.ablation import Arm
-from harness.compare.identity import config_hash
+from harness.compare.identity import code_identity, config_hash
 from harness.config.loading import load_config
 from harness.errors import ConfigError
 
@@ -82,10 +82,15 @@ def load_arms(config_paths: Sequence[Path], overlays: Sequence[Path] = (), overr
 
 
 def find_finished_run(client: Any, experiment_id: str, cfg_hash: str, seed: int) -> Any | None:
-    """The newest FINISHED compare run with this config hash and seed that has test metrics, or None."""
+    """The newest FINISHED compare run with this config hash, seed and code identity that has test metrics, or None.
+
+    A run of another harness commit or torch version is not reused: either may change the numbers.
+    """
+    code = " and ".join(f"tags.`{k}` = '{v}'" for k, v in code_identity().items())
     runs = client.search_runs(
         [experiment_id],
-        f"tags.`harness.config_hash` = '{cfg_hash}' and tags.`harness.seed` = '{seed}' and attributes.status = 'FINISHED'",
+        f"tags.`harness.config_hash` = '{cfg_hash}' and tags.`harness.seed` = '{seed}' and {code} "
+        "and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
     )
     return next((r for r in runs if "test_video_auc" in r.data.metrics), None)
@@ -220,7 +225,7 @@ def run_arms(
                 tracker = MLflowTracker(
                     tracking_uri, experiment, run_name=f"{arm.name} seed {seed}", parent_run_id=parent_run_id,
                     tags={"harness.role": ROLE_CHILD, "harness.config_hash": cfg_hash, "harness.seed": str(seed),
-                          "harness.arm": arm.name, "harness.compare": compare_name},
+                          "harness.arm": arm.name, "harness.compare": compare_name, **code_identity()},
                     extra_params={"compare.arm": arm.name, "compare.kind": arm.kind,
                                   "compare.recommendation": arm.recommendation or ""},
                     log_checkpoint=False, terminate=False,
