@@ -283,7 +283,14 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
                    help="overlay layered onto every config, e.g. configs/demo.yaml (repeatable)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override applied to every config after the overlays, e.g. --set train.epochs=4 (repeatable)")
-    p.add_argument("--seeds", type=int, default=5, help="paired seeds 0..N-1, the same for every config (default 5)")
+    p.add_argument("--seeds", type=_seeds_arg, default=5, metavar="N|auto",
+                   help="paired seeds 0..N-1, the same for every config, judged once (default 5); 'auto': seed rounds "
+                        "until every contrast is better, worse or equivalent within --margin, or --max-seeds, with "
+                        "group-sequential bounds so the repeated looks keep the error rate")
+    p.add_argument("--max-seeds", type=int, default=10, help="with --seeds auto: the most seed rounds (default 10)")
+    p.add_argument("--margin", type=float, default=0.01,
+                   help="the smallest test video AUC difference that matters: within ±margin two configs are "
+                        "'equivalent' (default 0.01)")
     p.add_argument("--ablate", action="store_true",
                    help="also run the baseline with each recommendation alone and the second config without each "
                         "alone; recommendations are the differing keys of the first two configs, grouped")
@@ -295,6 +302,15 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no line per run")
 
 
+def _seeds_arg(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number or 'auto', but got {text!r}") from None
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from harness.compare.comparison import run_comparison
     from harness.compare.report import print_table
@@ -302,9 +318,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     # One download bar per reused run would bury the one line per run that says what happened.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     outcome = run_comparison(args.configs, args.overlays, args.overrides, args.seeds, args.ablate, args.out,
-                             args.tracking_uri, args.level, say=(lambda _: None) if args.quiet else print)
+                             args.tracking_uri, args.level, say=(lambda _: None) if args.quiet else print,
+                             max_seeds=args.max_seeds, margin=args.margin)
+    seeds = f"auto, at most {args.max_seeds}" if args.seeds == "auto" else str(args.seeds)
     print_table(outcome.summary, outcome.comparison,
-                f"compare {outcome.name}: test video AUC over seeds {args.seeds} (paired; level {args.level})")
+                f"compare {outcome.name}: test video AUC, seeds {seeds} (paired; level {args.level}; "
+                f"margin ±{args.margin})")
     print(f"{outcome.n_trained} run(s) trained, {len(outcome.records) - outcome.n_trained} reused, in "
           f"{outcome.wall_seconds:.0f} s; report in {outcome.out / 'report.md'}; MLflow run {outcome.parent_run_id}")
     return 0
