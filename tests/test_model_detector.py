@@ -134,3 +134,39 @@ def test_weights_of_another_model_are_refused(tmp_path: Path) -> None:
 def test_unknown_backbone_lists_the_family() -> None:
     with pytest.raises(ConfigError, match=r"model.backbone must be a timm model name .*mobilenetv4_conv_small.*but got 'mnv4'"):
         build_detector(ModelConfig(backbone="mnv4"), n_segment=4)
+
+
+def _built_with_seed(cfg: ModelConfig, seed: int = 0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The detector's initial state and the next draw of the global RNG after building it."""
+    torch.manual_seed(seed)
+    detector = build_detector(cfg, n_segment=4)
+    return detector.state_dict(), torch.rand(3)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"aggregate": "attention"},
+        {"fold_div": 4},
+        {"dropout": 0.3},
+        {"freeze_bn_fraction": 0.333},
+        {"temporal_shift": False},
+        {"aggregate": "attention", "fold_div": 4, "dropout": 0.3, "freeze_bn_fraction": 0.333},
+    ],
+)
+def test_a_config_choice_leaves_the_shared_initial_weights_alone(change: dict) -> None:
+    base, base_next = _built_with_seed(ModelConfig(aggregate="mean", fold_div=8))
+    other, other_next = _built_with_seed(ModelConfig(**{"aggregate": "mean", "fold_div": 8, **change}))
+    shared = [k for k in base if k in other and base[k].shape == other[k].shape]
+    assert "head.weight" in shared and "backbone.conv_stem.weight" in shared
+    for key in shared:
+        assert torch.equal(base[key], other[key]), key
+    assert torch.equal(base_next, other_next)  # what is built after the model (data order, dropout) starts equal too
+    if change.get("aggregate") == "attention":
+        assert {k for k in other if k not in base} == {"pool.score.weight", "pool.score.bias"}
+
+
+def test_another_seed_gives_other_initial_weights() -> None:
+    one, _ = _built_with_seed(ModelConfig(), seed=0)
+    two, _ = _built_with_seed(ModelConfig(), seed=1)
+    assert not torch.equal(one["head.weight"], two["head.weight"])

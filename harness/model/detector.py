@@ -119,15 +119,31 @@ def _check_weights_match(name: str, path: Path) -> None:
 
 
 def build_detector(model_cfg: ModelConfig, n_segment: int) -> Detector:
-    """Backbone, then TSM (shift after loading, which it does not affect), BN freezing, pooling, head."""
+    """Backbone, then TSM (shift after loading, which it does not affect), BN freezing, pooling, head.
+
+    Parts every config has (backbone, head) draw their initial weights from the global torch RNG
+    in a fixed order; parts that depend on a config choice are built under a forked RNG. So for
+    one seed, two configs start from identical shared weights and differ only in what one of them
+    adds (e.g. attention pooling's scorer), and an A/B comparison measures the choice, not the init.
+    """
     backbone = create_backbone(model_cfg)
-    shifted = insert_residual_shift(backbone, n_segment, model_cfg.fold_div) if model_cfg.temporal_shift else []
-    frozen = freeze_batchnorm(backbone, model_cfg.freeze_bn_fraction)
-    return Detector(
+    with _config_specific_init():
+        shifted = insert_residual_shift(backbone, n_segment, model_cfg.fold_div) if model_cfg.temporal_shift else []
+        frozen = freeze_batchnorm(backbone, model_cfg.freeze_bn_fraction)
+        pool = build_pooling(model_cfg.aggregate, feature_dim(backbone))
+    return Detector(  # builds the head, from the same RNG state whatever the choices above
         backbone,
-        build_pooling(model_cfg.aggregate, feature_dim(backbone)),
+        pool,
         n_segment=n_segment,
         dropout=model_cfg.dropout,
         frozen_bn=frozen,
         shifted_blocks=shifted,
     )
+
+
+def _config_specific_init():
+    """Build inside this to leave the global torch RNG as it was: the next shared part's init stays put.
+
+    CPU only (devices=[]): modules are built on the CPU and moved to the device afterwards.
+    """
+    return torch.random.fork_rng(devices=[])
