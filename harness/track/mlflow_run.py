@@ -151,7 +151,8 @@ class MLflowTracker(Callback):
             self.log_params(params)
         else:
             self.client.update_run(self.run_id, status="RUNNING")
-        self.set_tags({"run_dir": str(info.run_dir.resolve()), "harness.status": "running"})
+        # A tag, not a param: it is measured on this machine, and a comparison must see what actually ran.
+        self.set_tags({"run_dir": str(info.run_dir.resolve()), "harness.status": "running", "harness.amp": info.precision})
         # The run folder names its MLflow run, so `harness train --resume runs/NAME` appends to the same run.
         (info.run_dir / "mlflow_run.json").write_text(json.dumps({"run_id": self.run_id, "experiment_id": self.experiment_id}))
         with tempfile.TemporaryDirectory() as tmp:

@@ -31,6 +31,8 @@ class RunInfo:
     n_videos: dict[str, int] = field(default_factory=dict)
     shifted_blocks: int = 0
     frozen_bn: int = 0
+    # What autocast computes in, with the reason where train.amp asked otherwise ("fp32 (fallback: ...)").
+    precision: str = "fp32"
 
 
 class Callback:

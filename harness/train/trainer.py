@@ -14,9 +14,9 @@ import copy
 import json
 import logging
 import math
+import os
 import random
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,13 +28,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from harness.config.loading import save_config
-from harness.config.schema import Config
+from harness.config.schema import Config, TrainConfig
 from harness.errors import ConfigError
 from harness.faults import Faults
 from harness.train.callbacks import Callback, RunInfo
 from harness.train.checkpoint import load_checkpoint, save_checkpoint
 from harness.train.early_stopping import EarlyStopping
-from harness.train.metrics import attention_entropy, clip_and_video_metrics
+from harness.train.metrics import attention_entropy, clip_and_video_metrics, metric_mode
+from harness.train.precision import Precision, choose_precision, requested_precision
 
 __all__ = [
     "TrainResult",
@@ -44,6 +45,7 @@ __all__ = [
     "evaluate",
     "resolve_device",
     "seed_everything",
+    "configure_determinism",
     "validation_epochs",
     "is_out_of_memory",
 ]
@@ -96,17 +98,32 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def configure_determinism(train: TrainConfig) -> None:
+    """Set torch's process-wide kernel choices from `train.deterministic` (and `train.cudnn_benchmark`).
+
+    Every run sets them, on or off, so one run's choice never leaks into the next run of a sweep worker.
+    """
+    on = train.deterministic
+    if on:
+        # cuBLAS reads this when it creates its first handle and workspace, i.e. at the process's first
+        # cuBLAS call; set later, it has no effect (deterministic mode then warns at each such call).
+        # fit sets it before building the model, so only an earlier run in the same process can be first.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = on
+    # Benchmark mode times candidate kernels and may pick another one in the next run.
+    torch.backends.cudnn.benchmark = train.cudnn_benchmark and not on
+    # warn_only: an op without a deterministic kernel warns instead of failing the run.
+    torch.use_deterministic_algorithms(on, warn_only=True)
+
+
 def validation_epochs(epochs: int, val_every: int) -> list[int]:
     """Epochs (1-based) that validate: every `val_every`-th and always the last."""
     return sorted({e for e in range(val_every, epochs + 1, val_every)} | {epochs})
 
 
-def _autocast(device: torch.device, enabled: bool):
-    if not enabled:
-        return nullcontext()
-    # fp16 needs a GradScaler and is what consumer GPUs run fast; CPUs support bf16 instead.
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+def _autocast(device: torch.device, precision: Precision | None, cfg: Config):
+    """Autocast in the run's chosen precision; without one (direct calls), in what train.amp asks for."""
+    return (precision or requested_precision(cfg.train.amp, device.type)).autocast(device.type)
 
 
 def _reseed_loader(loader: torch.utils.data.DataLoader, seed: int, epoch: int) -> None:
@@ -132,6 +149,7 @@ def train_one_epoch(
     num_updates: int,
     progress: bool = True,
     faults: Faults | None = None,
+    precision: Precision | None = None,
 ) -> tuple[dict[str, float], int]:
     """One pass over the train loader with gradient accumulation; returns (metrics, optimizer updates so far)."""
     faults = faults or Faults()
@@ -150,7 +168,7 @@ def train_one_epoch(
         # The trailing partial group divides by its own size, so its step is a true mean too.
         group_size = min(accum, n_batches - group_start)
         faults.check_batch(len(labels), training=True)
-        with _autocast(device, cfg.train.amp):
+        with _autocast(device, precision, cfg):
             logits, _ = model(clips)
             loss = faults.poison_loss(loss_fn(logits.float(), labels), epoch, i)
         if not torch.isfinite(loss):
@@ -192,11 +210,15 @@ def evaluate(
     device: torch.device,
     prefix: str = "",
     faults: Faults | None = None,
+    threshold: float | None = None,
+    precision: Precision | None = None,
 ) -> tuple[dict[str, float], pd.DataFrame]:
     """Clip and video metrics over one split; also the per-video scores for plots and tests.
 
     Items carry `video_idx`, a row of the loader's own dataset manifest, which names each video's method.
     Items whose video failed to decode (`valid` false) are left out and counted as `skipped_clips`.
+    Video accuracy and F1 use `threshold`, reported back as `threshold`; without one (validation) they
+    use the threshold chosen on this split, reported as `video_threshold`.
     """
     faults = faults or Faults()
     methods = loader.dataset.manifest["method"].tolist()
@@ -212,7 +234,7 @@ def evaluate(
         clips = batch["clip"].to(device, non_blocking=True)
         target = batch["label"].to(device).float()
         faults.check_batch(len(target))
-        with _autocast(device, cfg.train.amp):
+        with _autocast(device, precision, cfg):
             logits, weights = model(clips)
         logits = logits.float()
         loss_sum += loss_fn(logits, target).item() * len(target)
@@ -226,14 +248,23 @@ def evaluate(
         # Weights can turn non-finite in the last steps of an epoch without the loss showing it yet.
         raise NonFiniteLoss(f"model outputs became non-finite while scoring {prefix.rstrip('_') or 'a split'}")
     metrics, videos = clip_and_video_metrics(
-        torch.cat(video_idx).numpy(), probs_np, torch.cat(labels).numpy(), methods, cfg.eval.video_aggregation
+        torch.cat(video_idx).numpy(), probs_np, torch.cat(labels).numpy(), methods, cfg.eval.video_aggregation, threshold
     )
+    if threshold is not None:
+        metrics["threshold"] = threshold
     metrics["loss"] = loss_sum / max(1, len(probs_np))
     if attention:
         metrics["attention_entropy"] = attention_entropy(torch.cat(attention).numpy())
     if skipped:
         metrics["skipped_clips"] = skipped
     return {f"{prefix}{k}": v for k, v in metrics.items()}, videos
+
+
+def _direction(name: str, key: str) -> str:
+    try:
+        return metric_mode(name)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
 
 
 def _metric(metrics: dict[str, float], name: str, key: str) -> float:
@@ -257,6 +288,7 @@ class _Session:
     scaler: torch.amp.GradScaler
     stopper: EarlyStopping
     faults: Faults = field(default_factory=Faults)
+    precision: Precision | None = None  # decided once per run (see fit), then kept across resumes
     epoch: int = 0
     num_updates: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
@@ -273,7 +305,8 @@ class _Session:
             "num_updates": self.num_updates,
             "history": self.history,
             "train_history": self.train_history,
-            "torch_rng": torch.get_rng_state(),
+            **_rng_state(self.device),
+            "precision": self.precision.state_dict() if self.precision is not None else None,
             "config": self.cfg.model_dump(mode="json"),
             # What an out-of-memory back-off changed, so a resumed run starts at the size that fitted.
             "batching": _batching(self.cfg),
@@ -288,7 +321,9 @@ class _Session:
         self.epoch, self.num_updates = state["epoch"], state["num_updates"]
         self.history, self.train_history = list(state["history"]), list(state["train_history"])
         self.events = list(state.get("events", []))
-        torch.set_rng_state(state["torch_rng"].cpu())
+        _set_rng_state(state, self.device)
+        if state.get("precision"):
+            self.precision = Precision(**state["precision"])
         batching = state.get("batching")
         if batching and batching != _batching(self.cfg):
             self.set_batching(**batching)
@@ -309,6 +344,46 @@ class _Session:
         log.warning(message)
         self.events.append({"epoch": epoch, "kind": kind, "message": message, **values, **detail})
         callbacks.on_event(epoch, kind, message, values)
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    """Every global random stream a run draws from, so a resumed run continues them, not restarts them.
+
+    numpy's state is stored as tensors and ints, which a weights_only load accepts.
+    """
+    np_state = np.random.get_state(legacy=False)
+    version, python_state, gauss_next = random.getstate()
+    state = {
+        "torch_rng": torch.get_rng_state(),
+        "numpy_rng": {
+            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
+        "python_rng": {"version": version, "state": list(python_state), "gauss_next": gauss_next},
+    }
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restore what `_rng_state` saved; older checkpoints without numpy, Python or CUDA states keep those as seeded."""
+    torch.set_rng_state(state["torch_rng"].cpu())
+    if "numpy_rng" in state:
+        saved = state["numpy_rng"]
+        np.random.set_state({
+            "bit_generator": "MT19937",
+            "state": {"key": saved["key"].cpu().numpy().astype(np.uint32), "pos": saved["pos"]},
+            "has_gauss": saved["has_gauss"],
+            "gauss": saved["gauss"],
+        })
+    if "python_rng" in state:
+        saved = state["python_rng"]
+        random.setstate((saved["version"], tuple(saved["state"]), saved["gauss_next"]))
+    if device.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
 
 
 def _batching(cfg: Config) -> dict[str, int | None]:
@@ -389,15 +464,16 @@ def _build_session(cfg: Config, manifest: pd.DataFrame | None, progress: bool) -
     from harness.train.losses import build_loss
     from harness.train.optim import build_optimizer, build_scheduler
 
-    seed_everything(cfg.seed)
     device = resolve_device(cfg.train.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
+    configure_determinism(cfg.train)  # before the model reaches the device: see CUBLAS_WORKSPACE_CONFIG there
+    seed_everything(cfg.seed)
+    # The model first, straight after seeding: its initial weights then depend on the seed and the
+    # model config alone, not on what indexing or data loading happen to draw for another data config.
+    model = build_detector(cfg.model, cfg.data.n_segment).to(device)
     if manifest is None:
         manifest = build_manifest(cfg.data, progress=progress)
     loaders = build_loaders(manifest, cfg.data, cfg.train.batch_size, cfg.seed, device.type)
     counts = class_counts(manifest, "train")
-    model = build_detector(cfg.model, cfg.data.n_segment).to(device)
     if device.type == "cuda" and cfg.train.channels_last:
         # NHWC convolutions: 883 -> 1786 clips/s (fp32) and 751 -> 950 (AMP) at batch 32x8x224 on an H200;
         # CPUs gain nothing from it, so it stays off there.
@@ -436,7 +512,30 @@ def _run_info(s: _Session, run_dir: Path, manifest: pd.DataFrame) -> RunInfo:
         n_videos={split: int((manifest["split"] == split).sum()) for split in ("train", "val", "test")},
         shifted_blocks=len(getattr(s.model, "shifted_blocks", [])),
         frozen_bn=len(getattr(s.model, "frozen_bn", [])),
+        precision=s.precision.label if s.precision is not None else "fp32",
     )
+
+
+def _choose_precision(s: _Session, force: str | None) -> Precision:
+    """train.amp's precision for this device and CPU, timing a few steps of a copy of the model where that decides."""
+    clip_shape = (min(2, s.cfg.train.batch_size), s.cfg.data.n_segment, 3, s.cfg.data.input_size, s.cfg.data.input_size)
+    probe: dict[str, Any] = {}
+
+    def step(precision: Precision) -> None:
+        # Built on first use: the copy and clips cost nothing where no probe runs (fp32, CUDA, no native bf16).
+        if not probe:
+            probe["model"] = copy.deepcopy(s.model).train()  # the run's weights and BN statistics stay untouched
+            probe["clips"] = torch.randint(0, 256, clip_shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+            probe["labels"] = (torch.arange(clip_shape[0]) % 2).float()
+        model = probe["model"]
+        with precision.autocast(s.device.type):
+            logits, _ = model(probe["clips"].to(s.device))
+        s.loss_fn(logits.float(), probe["labels"].to(s.device)).backward()
+        model.zero_grad(set_to_none=True)
+
+    # Forked: dropout in the probe must not move the run's random stream.
+    with torch.random.fork_rng(devices=[]):
+        return choose_precision(s.cfg.train.amp, s.device.type, step, force=force)
 
 
 def _train_epoch(s: _Session, epoch: int, progress: bool) -> dict[str, float]:
@@ -447,7 +546,7 @@ def _train_epoch(s: _Session, epoch: int, progress: bool) -> dict[str, float]:
         torch.cuda.reset_peak_memory_stats(s.device)
     metrics, s.num_updates = train_one_epoch(
         s.model, s.loaders.train, s.loss_fn, s.optimizer, s.scaler, s.scheduler, s.cfg, s.device, epoch,
-        s.num_updates, progress, s.faults,
+        s.num_updates, progress, s.faults, s.precision,
     )
     if cuda:
         metrics["gpu_peak_mem_mb"] = torch.cuda.max_memory_allocated(s.device) / 2**20
@@ -460,7 +559,8 @@ def _validate(s: _Session, epoch: int, best_path: Path, callbacks: Callback) -> 
     """Validate, step early stopping, save `best` on improvement; returns the callbacks' verdict."""
     metrics, _ = _with_oom_backoff(
         s, epoch, callbacks,
-        lambda: evaluate(s.model, s.loaders.val, s.loss_fn, s.cfg, s.device, prefix="val_", faults=s.faults),
+        lambda: evaluate(s.model, s.loaders.val, s.loss_fn, s.cfg, s.device, prefix="val_", faults=s.faults,
+                         precision=s.precision),
         rollback=False,
     )
     _report_bad_videos(s, epoch, callbacks)
@@ -473,14 +573,27 @@ def _validate(s: _Session, epoch: int, best_path: Path, callbacks: Callback) -> 
         _metric(plain, secondary, "early_stop.monitor_secondary")
         past = [h[f"val_{secondary}"] for h in s.history] + [metrics[f"val_{secondary}"]]
         finite = [v for v in past if not math.isnan(v)]
-        pick = max if s.cfg.early_stop.mode == "max" else min
+        # Its own direction, not the primary's: a secondary eer or loss is best at its minimum.
+        pick = max if _direction(secondary, "early_stop.monitor_secondary") == "max" else min
         metrics["best_" + secondary] = pick(finite) if finite else math.nan
     s.history.append({"epoch": epoch, **metrics})
     if improved:
-        best = {"model": s.model.state_dict(), "epoch": epoch, "metric": s.stopper.best, "config": s.cfg.model_dump(mode="json")}
+        best = {
+            "model": s.model.state_dict(),
+            "epoch": epoch,
+            "metric": s.stopper.best,
+            # The operating point chosen on this validation: the test split is scored at it, unchanged.
+            "threshold": metrics["val_video_threshold"],
+            "config": s.cfg.model_dump(mode="json"),
+        }
         save_checkpoint(best, best_path)
         callbacks.on_checkpoint("best", best_path, epoch)
     return callbacks.on_validation(epoch, metrics)
+
+
+def _best_threshold(s: _Session) -> float | None:
+    """The video threshold chosen on the best validation (best.pt holds the same value)."""
+    return next((h.get("val_video_threshold") for h in s.history if h["epoch"] == s.stopper.best_epoch), None)
 
 
 def _write_run_state(run_dir: Path, s: _Session, best_path: Path) -> None:
@@ -489,12 +602,32 @@ def _write_run_state(run_dir: Path, s: _Session, best_path: Path) -> None:
         "epoch": s.epoch,
         "best_epoch": s.stopper.best_epoch,
         "best_value": s.stopper.best,
+        "best_threshold": _best_threshold(s),
         "best_model_path": str(best_path.resolve()) if best_path.exists() else None,
         "last_model_path": str((run_dir / "last.pt").resolve()),
+        "precision": s.precision.label if s.precision is not None else None,
     }
     tmp = run_dir / ".run_state.json.tmp"
     tmp.write_text(json.dumps(state, indent=2))
     tmp.replace(run_dir / "run_state.json")
+
+
+def _score_test(s: _Session, result: TrainResult, callbacks: Callback) -> None:
+    """Score the test split once, with the best checkpoint at the video threshold its validation chose."""
+    best = load_checkpoint(result.best_model_path, map_location=s.device)
+    s.model.load_state_dict(best["model"])
+    # best.pt files written before thresholds were kept fall back to the plain 0.5.
+    threshold = float(best.get("threshold", 0.5))
+    try:
+        result.test_metrics, result.test_videos = _with_oom_backoff(
+            s, s.epoch, callbacks,
+            lambda: evaluate(s.model, s.loaders.test, s.loss_fn, s.cfg, s.device, prefix="test_", faults=s.faults,
+                             threshold=threshold, precision=s.precision),
+            rollback=False,
+        )
+    except OutOfMemoryAtFloor as exc:
+        result.status, result.reason = "oom", f"scoring the test split: {exc}"
+    _report_bad_videos(s, s.epoch, callbacks)
 
 
 def fit(
@@ -504,8 +637,15 @@ def fit(
     resume: Path | None = None,
     manifest: pd.DataFrame | None = None,
     progress: bool = True,
+    score_test: bool = True,
+    force_precision: str | None = None,
 ) -> TrainResult:
-    """Train one config to the end (or early stop / callback stop / NaN) and score the test split once."""
+    """Train one config to the end (or early stop / callback stop / NaN) and score the test split once.
+
+    `score_test=False` never touches the test split (sweep trials: model selection must not see it).
+    `force_precision` ("fp32", "bf16", "fp16") skips the AMP precision check, for tests and benchmarks;
+    otherwise a resumed run keeps the precision it started with and a new one chooses (see precision.py).
+    """
     callbacks = callbacks or Callback()
     run_dir = Path(run_dir or cfg.train.output_dir / time.strftime("run-%Y%m%d-%H%M%S"))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -513,6 +653,8 @@ def fit(
     s, manifest = _build_session(cfg, manifest, progress)
     if resume is not None:
         s.load_state_dict(load_checkpoint(resume, map_location=s.device))
+    if s.precision is None or force_precision is not None:
+        s.precision = _choose_precision(s, force_precision)
     callbacks.on_run_start(_run_info(s, run_dir, manifest))
 
     best_path, last_path = run_dir / "best.pt", run_dir / "last.pt"
@@ -560,17 +702,8 @@ def fit(
         train_history=s.train_history,
         events=s.events,
     )
-    if status in ("completed", "early_stopped") and result.best_model_path is not None:
-        s.model.load_state_dict(load_checkpoint(best_path, map_location=s.device)["model"])
-        try:
-            result.test_metrics, result.test_videos = _with_oom_backoff(
-                s, s.epoch, callbacks,
-                lambda: evaluate(s.model, s.loaders.test, s.loss_fn, s.cfg, s.device, prefix="test_", faults=s.faults),
-                rollback=False,
-            )
-        except OutOfMemoryAtFloor as exc:
-            result.status, result.reason = "oom", f"scoring the test split: {exc}"
-        _report_bad_videos(s, s.epoch, callbacks)
+    if score_test and status in ("completed", "early_stopped") and result.best_model_path is not None:
+        _score_test(s, result, callbacks)
     result.bad_videos = sorted({e["path"] for e in s.events if e["kind"] == "bad_video"})
     callbacks.on_run_end(result)
     return result
