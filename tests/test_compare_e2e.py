@@ -68,6 +68,10 @@ def test_compare_runs_nested_children_writes_the_report_and_reuses_finished_runs
     assert sorted(zip(runs["config"], runs["seed"])) == [("baseline", 0), ("baseline", 1), ("recommended", 0),
                                                          ("recommended", 1)]
     assert runs["test_video_auc"].between(0, 1).all() and not runs["reused"].any()
+    # train.amp asks for bf16 on a CPU; every seed of one comparison computes in what its first run chose.
+    amp = runs.loc[runs["config"] == "recommended", "precision"]
+    assert amp.nunique() == 1 and amp.iloc[0] in ("fp32", "bf16")
+    assert set(runs.loc[runs["config"] == "baseline", "precision"]) == {"fp32"}
     report = (out / "report.md").read_text()
     assert "| baseline | " in report and "| (baseline) |" in report
     assert "## Against `baseline`" in report and "Synthetic data" not in report  # source ffpp on the fixture

@@ -62,6 +62,7 @@ def runs_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
                 "peak_mem_mb": r.peak_mem_mb,
                 "val_auc_volatility": volatility([v for _, v in r.val_curve]),
                 "n_validations": len(r.val_curve),
+                "precision": r.precision,
                 "config_hash": r.config_hash,
                 "run_id": r.run_id,
                 "reason": r.reason if not r.ok else "",

@@ -171,14 +171,16 @@ def run_comparison(
     exp_id = experiment_id(client, experiment)
     parent_id = parent_run(client, exp_id, name, out, settings)
     run_root = arms[0].config.train.output_dir / "compare" / name
+    precisions: dict[bool, str] = {}  # one autocast precision per train.amp setting for the whole comparison
 
     def run_round(round_arms: Sequence[Arm], seed: int) -> list[RunRecord]:
-        return run_arms(round_arms, [seed], client, experiment, exp_id, parent_id, tracking_uri, run_root, name, say)
+        return run_arms(round_arms, [seed], client, experiment, exp_id, parent_id, tracking_uri, run_root, name, say,
+                        precisions)
 
     try:
         if design is None:
             records = run_arms(arms, list(range(seeds)), client, experiment, exp_id, parent_id, tracking_uri,
-                               run_root, name, say)
+                               run_root, name, say, precisions)
         else:
             records = _run_rounds(arms, design, level, margin, run_round, say)
     except BaseException:

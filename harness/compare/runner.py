@@ -49,6 +49,7 @@ class RunRecord:
     wall_seconds: float = math.nan
     peak_mem_mb: float = math.nan  # CUDA max allocated; NaN on CPU
     test_videos: pd.DataFrame | None = None  # index video_idx; prob, label, method
+    precision: str = ""  # what autocast computed in: fp32, bf16 or fp16 (tag harness.amp)
 
     @property
     def ok(self) -> bool:
@@ -125,6 +126,7 @@ def record_from_mlflow(client: Any, run: Any, arm: str) -> RunRecord | None:
         wall_seconds=metrics.get("compare_wall_seconds", math.nan),
         peak_mem_mb=max(peak) if peak else math.nan,
         test_videos=videos,
+        precision=tags.get("harness.amp", "").split(" ")[0],
     )
 
 
@@ -147,14 +149,18 @@ def parent_run(client: Any, experiment_id: str, name: str, out: Path, settings: 
     return run_id
 
 
-def _train(arm: Arm, seed: int, cfg_hash: str, run_dir: Path, manifest: pd.DataFrame, tracker: Any) -> RunRecord:
-    """Fit one (config, seed) through the unchanged trainer; every ending becomes a RunRecord."""
+def _train(arm: Arm, seed: int, cfg_hash: str, run_dir: Path, manifest: pd.DataFrame, tracker: Any,
+           precision: str | None = None) -> RunRecord:
+    """Fit one (config, seed) through the unchanged trainer; every ending becomes a RunRecord.
+
+    `precision` forces the autocast precision (see `run_arms`); None lets the trainer choose.
+    """
     from harness.train.trainer import fit
 
     cfg = arm.config.model_copy(update={"seed": seed})
     started = time.perf_counter()
     try:
-        result = fit(cfg, tracker, run_dir=run_dir, manifest=manifest, progress=False)
+        result = fit(cfg, tracker, run_dir=run_dir, manifest=manifest, progress=False, force_precision=precision)
     except Exception as exc:  # one broken run must not end the comparison
         tracker.ensure_run()
         tracker.set_tags({"harness.status": "failed", "harness.reason": f"{type(exc).__name__}: {exc}"[:5000],
@@ -168,7 +174,7 @@ def _train(arm: Arm, seed: int, cfg_hash: str, run_dir: Path, manifest: pd.DataF
         reason=result.reason, test_metrics=dict(result.test_metrics),
         val_curve=[(int(h["epoch"]), h["val_video_auc"]) for h in result.history if "val_video_auc" in h],
         best_epoch=result.best_epoch, wall_seconds=wall, peak_mem_mb=max(peak) if peak else math.nan,
-        test_videos=result.test_videos,
+        test_videos=result.test_videos, precision=_run_precision(run_dir),
     )
     tracker.log_metrics({"compare_wall_seconds": wall}, step=result.epochs_run)
     if result.test_videos is not None:
@@ -182,6 +188,12 @@ def _train(arm: Arm, seed: int, cfg_hash: str, run_dir: Path, manifest: pd.DataF
     return record
 
 
+def _run_precision(run_dir: Path) -> str:
+    state = run_dir / "run_state.json"
+    label = json.loads(state.read_text()).get("precision") if state.is_file() else None
+    return (label or "").split(" ")[0]
+
+
 def run_arms(
     arms: Sequence[Arm],
     seeds: Sequence[int],
@@ -193,11 +205,17 @@ def run_arms(
     run_root: Path,
     compare_name: str,
     say: Callable[[str], None] = print,
+    precisions: dict[bool, str] | None = None,
 ) -> list[RunRecord]:
     """Every arm on every seed (seed-major, so early results are already paired); finished runs are reused.
 
     All child runs go to one experiment (the first config's `tracking.experiment`), beside their parent.
+    `precisions` maps train.amp to the precision the first run with that setting computed in, and later
+    runs are held to it: on a CPU with native bf16 the trainer times bf16 against fp32 at each start,
+    and a choice that flipped with the machine's load between seeds would be a difference of its own.
+    Pass the same dict to every call of one comparison; it is filled as runs finish.
     """
+    precisions = {} if precisions is None else precisions
     from harness.data.index import build_manifest
     from harness.track.mlflow_run import MLflowTracker
 
@@ -232,7 +250,8 @@ def run_arms(
                 )
                 run_dir = run_root / f"{slug(arm.name)}-{cfg_hash}-seed{seed}"
                 try:
-                    record = _train(arm, seed, cfg_hash, run_dir, manifests[data_key], tracker)
+                    record = _train(arm, seed, cfg_hash, run_dir, manifests[data_key], tracker,
+                                    precisions.get(arm.config.train.amp))
                 except KeyboardInterrupt:
                     if tracker.run_id:
                         tracker.finish("KILLED")
@@ -242,6 +261,8 @@ def run_arms(
                     + (f", test video AUC {auc:.4f}" if auc is not None else f" ({record.reason})"))
             if record.ok:
                 done[(cfg_hash, seed)] = record
+                if record.precision:
+                    precisions.setdefault(arm.config.train.amp, record.precision)
             records.append(record)
     return records
 
