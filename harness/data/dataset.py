@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, WeightedRandomSampler
 
 from harness.config.schema import DataConfig
 from harness.data.augment import ClipAugment
@@ -18,7 +20,7 @@ from harness.data.readers import make_reader
 from harness.data.sampling import clip_span, sample_segment_indices, spread_window_starts
 from harness.errors import DataError
 
-__all__ = ["ClipDataset", "Loaders", "class_counts", "build_loaders"]
+__all__ = ["ClipDataset", "DrawSampler", "Loaders", "class_counts", "build_loaders"]
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +29,10 @@ class ClipDataset(Dataset):
     """`clips_per_video` clips per manifest row; item i is clip i % k of video i // k.
 
     `video_idx` in each item is the row of `self.manifest` (the given manifest, index reset).
-    Training clips are drawn from a generator seeded by (seed, epoch, item), so they do not depend
-    on worker count or order; call `set_epoch` before iterating each epoch. Evaluation clips are fixed.
+    Training clips are drawn from a generator seeded by (seed, epoch, item, draw), so they do not
+    depend on worker count or order; call `set_epoch` before iterating each epoch. `draw` numbers the
+    times a sampler with replacement returns the same item in one epoch (see `DrawSampler`): index the
+    dataset with (item, draw), or with a plain item for the first draw. Evaluation clips are fixed.
 
     A video that indexed fine but fails to decode now (a file damaged or replaced since) is marked
     bad and never read again. In training its clip is replaced by one of the next good video of the
@@ -114,11 +118,18 @@ class ClipDataset(Dataset):
                 return other
         return None
 
-    def __getitem__(self, index: int) -> dict:
-        if not 0 <= index < len(self):
-            raise IndexError(f"index must be in [0, {len(self)}), but got {index}")
+    def _train_rng(self, index: int, draw: int) -> np.random.Generator:
+        # The first draw keeps the key (seed, epoch, item), so sampling without replacement draws the
+        # clips it always drew; a repeated draw of the item gets a window and augmentation of its own.
+        key = [self.seed, int(self._epoch[0]), index] + ([draw] if draw else [])
+        return np.random.default_rng(key)
+
+    def __getitem__(self, index: int | tuple[int, int]) -> dict:
+        index, draw = index if isinstance(index, tuple) else (index, 0)
+        if not 0 <= index < len(self) or draw < 0:
+            raise IndexError(f"index must be in [0, {len(self)}) and draw >= 0, but got index={index}, draw={draw}")
         video, clip = divmod(index, self.clips_per_video)
-        rng = np.random.default_rng([self.seed, int(self._epoch[0]), index]) if self.train else None
+        rng = self._train_rng(index, draw) if self.train else None
         frames, source, replaced = self._read(video, index, clip, rng), video, False
         while frames is None and self.train:
             # Same label keeps the batch's class balance; the same rng keeps the draw reproducible.
@@ -143,6 +154,33 @@ class ClipDataset(Dataset):
             "valid": valid,
             "replaced": replaced,
         }
+
+
+class DrawSampler(Sampler[tuple[int, int]]):
+    """Yields (item, draw) for each item of `base`: draw counts the item's earlier draws in this pass.
+
+    A sampler with replacement (the balanced one) returns a minority video several times an epoch;
+    numbering the draws lets `ClipDataset` give each its own window and augmentation. The count
+    restarts with every pass and depends only on `base`'s order, so it is the same for any number of
+    loader workers, after reseeding, and after the out-of-memory back-off rebuilds the loader around it.
+    """
+
+    def __init__(self, base: Sampler[int]) -> None:
+        self.base = base
+
+    @property
+    def generator(self) -> torch.Generator | None:
+        """The base sampler's generator, which the trainer reseeds from (seed, epoch)."""
+        return getattr(self.base, "generator", None)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        drawn: Counter[int] = Counter()
+        for item in self.base:
+            yield item, drawn[item]
+            drawn[item] += 1
+
+    def __len__(self) -> int:
+        return len(self.base)
 
 
 def class_counts(manifest: pd.DataFrame, split: str) -> tuple[int, int]:
@@ -211,9 +249,9 @@ def build_loaders(
     # the order depend on num_workers.
     generator = torch.Generator().manual_seed(seed)
     if data_cfg.sampler == "balanced":
-        sampler = _balanced_sampler(datasets["train"], generator)
+        sampler = DrawSampler(_balanced_sampler(datasets["train"], generator))
     else:
-        sampler = RandomSampler(datasets["train"], generator=generator)
+        sampler = DrawSampler(RandomSampler(datasets["train"], generator=generator))
     common = dict(
         batch_size=batch_size,
         num_workers=data_cfg.num_workers,
