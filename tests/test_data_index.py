@@ -175,3 +175,40 @@ def test_build_manifest_dispatches_on_source(synthetic_root: Path, small_synthet
     pd.DataFrame({"path": [df.path[0]], "label": [0], "split": ["train"]}).to_csv(csv, index=False)
     assert len(build_manifest(DataConfig(source="csv", manifest=csv), progress=False)) == 1
     assert np.array_equal(build_manifest(DataConfig(source="ffpp", root=synthetic_root, methods=["Deepfakes"]), progress=False)["label"].value_counts().sort_index().to_numpy(), [6, 6])
+
+
+def _csv_rows(tmp_path: Path, synthetic_root: Path, rows: list[tuple[str, str, str, str, str]]) -> Path:
+    """A CSV of real files (copies of one synthetic video) with path,label,split,source_id,target_id."""
+    video = synthetic_root / REAL_DIR / "000.mp4"
+    for name, *_ in rows:
+        shutil.copy(video, tmp_path / name)
+    csv = tmp_path / "ids.csv"
+    pd.DataFrame(rows, columns=["path", "label", "split", "source_id", "target_id"]).to_csv(csv, index=False)
+    return csv
+
+
+def test_read_manifest_csv_refuses_an_identity_in_two_splits(synthetic_root: Path, tmp_path: Path) -> None:
+    csv = _csv_rows(tmp_path, synthetic_root, [
+        ("alice.mp4", "0", "train", "alice", "alice"),
+        ("bob.mp4", "0", "val", "bob", "bob"),
+        ("bob_alice.mp4", "1", "val", "alice", "bob"),  # alice's face, already trained on, scored in val
+    ])
+    with pytest.raises(DataError) as info:
+        read_manifest_csv(csv, progress=False)
+    message = str(info.value)
+    assert "must share a split" in message and str(tmp_path / "bob_alice.mp4") in message
+    assert "is in val and shows alice" in message and f"which {csv} row 2 ({tmp_path / 'alice.mp4'}) puts in train" in message
+    assert len(info.value.problems) == 1  # bob's identity stays in val: one leak only
+
+
+def test_read_manifest_csv_accepts_identities_kept_in_one_split(synthetic_root: Path, tmp_path: Path) -> None:
+    csv = _csv_rows(tmp_path, synthetic_root, [
+        ("alice.mp4", "0", "train", "alice", "alice"),
+        ("bob.mp4", "0", "train", "bob", "bob"),
+        ("bob_alice.mp4", "1", "train", "alice", "bob"),
+        ("carol.mp4", "0", "val", "carol", "carol"),
+        ("dan.mp4", "0", "test", "", ""),  # no ids given: nothing to check
+    ])
+    df = read_manifest_csv(csv, progress=False)
+    assert df["split"].tolist() == ["train", "train", "train", "val", "test"]
+    assert df["source_id"].tolist() == ["alice", "bob", "alice", "carol", "dan"]

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,10 +168,29 @@ def _video_path(folder: Path, stem: str, backend: str) -> Path:
     return folder / stem if backend == "frames" else folder / f"{stem}.mp4"
 
 
+def _identity_leaks(shown: Iterable[tuple[dict, Sequence[str]]], homes: Mapping[str, tuple[str, str]]) -> list[str]:
+    """One message per video that shows an identity whose home is another split.
+
+    `shown` pairs each row with the identities (source/target ids) its video shows; `homes` maps an
+    identity to (its split, where that split was set). A face seen in training must not be scored again
+    in val or test, so a fake must sit with both of its real videos: FF++ and CSV manifests alike.
+    """
+    leaks = []
+    for row, identities in shown:
+        for identity in dict.fromkeys(identities):
+            split, where = homes[identity]
+            if split != row["split"]:
+                leaks.append(
+                    f"a video and every identity it shows must share a split, but {row['path']} is in {row['split']} "
+                    f"and shows {identity}, which {where} puts in {split}"
+                )
+    return leaks
+
+
 def _ffpp_rows(root: Path, methods: Sequence[str], compression: str, backend: str) -> tuple[list[dict], list[tuple[str, str]]]:
     """Rows (without n_frames/fps) for every real and fake video, each assigned to its split."""
     id_split = _read_splits(root)
-    rows, skipped, leaks = [], [], []
+    rows, skipped = [], []
     real_dir = _sequence_path(root / "original_sequences" / "youtube", compression, backend)
     if not real_dir.is_dir():
         raise DataError(f"{real_dir} must exist (FF++ layout, data.compression={compression}), but it is missing")
@@ -198,16 +217,12 @@ def _ffpp_rows(root: Path, methods: Sequence[str], compression: str, backend: st
                 skipped.append((str(path), "in no split: its ids are in none of the split files"))
                 _warn(f"skipping {path} (ids {target}/{source} are in no split file)")
                 continue
-            if id_split[target] != id_split[source]:
-                # The fake sits with one of its two real videos, so the other's split would see its face.
-                leaks.append(
-                    f"a fake and its real videos must share a split, but {path} is made from "
-                    f"{_video_path(real_dir, target, backend)} ({id_split[target]}) and "
-                    f"{_video_path(real_dir, source, backend)} ({id_split[source]})"
-                )
-                continue
             rows.append(dict(path=str(path), label=1, video_id=f"{method}/{stem}", source_id=source,
                              target_id=target, method=method, split=id_split[target]))
+    # The split files are the identities' home; a fake sits with its target, so its source must be there too.
+    homes = {v: (split, f"{root / 'splits' / split}.json (real video {_video_path(real_dir, v, backend)})")
+             for v, split in id_split.items()}
+    leaks = _identity_leaks(((row, [row["target_id"], row["source_id"]]) for row in rows if row["label"]), homes)
     if leaks:
         raise DataError(leaks[0], leaks)
     return rows, skipped
@@ -249,7 +264,10 @@ def _label_of(value: object, row: int, csv: Path) -> int:
 
 
 def read_manifest_csv(path: Path, min_frames: int = 8, progress: bool = True) -> pd.DataFrame:
-    """Read a CSV of any videos (at least path,label,split); fill the other columns and skip bad files."""
+    """Read a CSV of any videos (at least path,label,split); fill the other columns and skip bad files.
+
+    Where the CSV gives source_id/target_id, an identity shown by videos of two splits is refused.
+    """
     path = Path(path).resolve()
     if not path.is_file():
         raise DataError(f"data.manifest must be an existing CSV file, but {path} does not exist")
@@ -257,7 +275,7 @@ def read_manifest_csv(path: Path, min_frames: int = 8, progress: bool = True) ->
     missing = [c for c in ("path", "label", "split") if c not in raw.columns]
     if missing:
         raise DataError(f"{path} must have columns path,label,split, but it lacks {','.join(missing)}")
-    rows = []
+    rows, shown, homes = [], [], {}
     for i, record in enumerate(raw.to_dict("records"), start=2):  # row 1 is the header
         label = _label_of(record["label"], i, path)
         if record["split"] not in SPLITS:
@@ -274,10 +292,18 @@ def read_manifest_csv(path: Path, min_frames: int = 8, progress: bool = True) ->
             method=record.get("method") or ("fake" if label else REAL_METHOD),
             split=record["split"],
         ))
+        # Only ids the CSV gives are identities: the stem fallbacks of two unrelated files may coincide.
+        identities = [v for v in (record.get("target_id"), record.get("source_id")) if v]
+        shown.append((rows[-1], identities))
+        for identity in identities:
+            homes.setdefault(identity, (record["split"], f"{path} row {i} ({rows[-1]['path']})"))
     duplicated = pd.Series([r["video_id"] for r in rows]).duplicated()
     if duplicated.any():
         first = rows[int(duplicated.to_numpy().argmax())]["video_id"]
         raise DataError(f"{path}: video_id must be unique, but {first!r} appears twice; add a video_id column")
+    leaks = _identity_leaks(shown, homes)
+    if leaks:
+        raise DataError(leaks[0], leaks)
     kept, skipped = [], []
     for row in rows:  # a folder in the CSV is a folder of extracted frames
         backend = "frames" if Path(row["path"]).is_dir() else "decord"
