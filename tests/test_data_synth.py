@@ -8,9 +8,12 @@ import decord
 import numpy as np
 import pytest
 
+from harness.config import load_config
 from harness.config.schema import FFPP_METHODS, DataConfig, SyntheticConfig
-from harness.data.synth import COMPLETE_MARKER, METADATA_FILE, ensure_synthetic, generate_synthetic
-from harness.errors import DataError
+from harness.data.synth import COMPLETE_MARKER, METADATA_FILE, deal_splits, ensure_synthetic, generate_synthetic
+from harness.errors import ConfigError, DataError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -42,6 +45,7 @@ def test_layout_splits_and_imbalance(synthetic_root: Path) -> None:
     ids = [v for pairs in splits.values() for pair in pairs for v in pair]
     assert sorted(ids) == reals  # every id in exactly one pair of one split
     assert all(len(pairs) >= 1 for pairs in splits.values())  # both classes in each split
+    assert splits == deal_splits(SyntheticConfig(n_sources=6, seed=0))  # the files are the pure function's deal
     vr = decord.VideoReader(str(_real(synthetic_root, "000")))
     assert (len(vr), vr[0].shape, vr.get_avg_fps()) == (24, (32, 32, 3), 12.0)
 
@@ -95,6 +99,9 @@ def test_artefact_strength_scales_the_artefact(tmp_path: Path, small: SyntheticC
 def test_odd_or_tiny_configs_are_refused(tmp_path: Path, small: SyntheticConfig) -> None:
     with pytest.raises(DataError, match=r"n_sources must be even and >= 6 .*, but got 5"):
         generate_synthetic(tmp_path, small.model_copy(update={"n_sources": 5}), progress=False)
+    # model_copy skips the schema's validators; the generator asks the same rule again.
+    with pytest.raises(DataError, match=r"n_sources must leave at least 2 real videos .* but got n_sources=6 with 2 for val and 4"):
+        generate_synthetic(tmp_path, small.model_copy(update={"test_sources": 4}), progress=False)
     with pytest.raises(DataError, match="size must be even"):
         generate_synthetic(tmp_path, small.model_copy(update={"size": 33}), progress=False)
 
@@ -131,3 +138,33 @@ def test_ensure_synthetic_never_deletes_a_foreign_tree(tmp_path: Path, small: Sy
     with pytest.raises(DataError, match="point data.root at another folder"):
         ensure_synthetic(cfg, progress=False)
     assert (tmp_path / "original_sequences/youtube/c23/videos").is_dir()
+
+
+def test_eval_splits_take_the_sources_asked_for_and_train_the_rest() -> None:
+    # Unset, val and test take FF++'s 14 % of the pairs each: 36 sources, 18 pairs -> 3 pairs each.
+    assert SyntheticConfig(n_sources=36).sources_per_split() == {"train": 24, "val": 6, "test": 6}
+    cfg = SyntheticConfig(n_sources=20, val_sources=6, test_sources=4, seed=3)
+    splits = deal_splits(cfg)
+    sizes = {split: 2 * len(pairs) for split, pairs in splits.items()}
+    assert sizes == cfg.sources_per_split() == {"train": 10, "val": 6, "test": 4}
+    ids = sorted(v for pairs in splits.values() for pair in pairs for v in pair)
+    assert ids == [f"{i:03d}" for i in range(20)]  # every source in exactly one pair of one split
+    assert deal_splits(cfg) == splits and deal_splits(cfg.model_copy(update={"seed": 4})) != splits
+
+
+@pytest.mark.parametrize(("overrides", "match"), [
+    (["data.synthetic.val_sources=31"], r"data.synthetic.val_sources must be even .*, but got 31"),
+    (["data.synthetic.n_sources=60"], r"data.synthetic.n_sources must leave at least 2 real videos .* but got n_sources=60 "
+                                       r"with 30 for val and 30 for test"),
+])
+def test_eval_source_counts_are_validated_at_load(overrides: list[str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_config([ROOT / "baseline.yaml", ROOT / "configs/demo.yaml"], overrides)
+
+
+def test_shipped_demo_holds_30_real_videos_in_val_and_test() -> None:
+    cfg = load_config([ROOT / "baseline.yaml", ROOT / "configs/demo.yaml"]).data.synthetic
+    reals = {split: sorted(v for pair in pairs for v in pair) for split, pairs in deal_splits(cfg).items()}
+    assert len(reals["val"]) >= 30 and len(reals["test"]) >= 30
+    assert len(reals["train"]) == 24  # as many as before, so the demo sweep's training time stays the same
+    assert not set(reals["val"]) & set(reals["test"]) and not set(reals["train"]) & set(reals["val"] + reals["test"])

@@ -45,7 +45,43 @@ class SyntheticConfig(_Section):
     size: PositiveInt = Field(64, description="frame height and width in pixels")
     artefact_strength: float = Field(0.8, gt=0.0, le=1.0, description="1 = obvious, small = subtle (0.8: learnable in a few epochs, not to AUC 1)")
     burst_frames: PositiveInt = Field(24, description="length of the temporal artefact burst, in frames (shorter bursts are often missed by a clip)")
+    val_sources: PositiveInt | None = Field(
+        None, description="real videos in the val split, even (ids come in pairs); null: 14 % of the pairs, as in FF++"
+    )
+    test_sources: PositiveInt | None = Field(
+        None, description="real videos in the test split, even (ids come in pairs); null: 14 % of the pairs, as in FF++"
+    )
     seed: int = 0
+
+    def sources_per_split(self) -> dict[str, int]:
+        """Real videos dealt to each split: val and test as set (or FF++'s 14 % of the pairs), train the rest."""
+        ffpp_share = 2 * max(1, round(0.14 * (self.n_sources // 2)))  # FF++: 140 of 500 pairs in val and in test
+        val = ffpp_share if self.val_sources is None else self.val_sources
+        test = ffpp_share if self.test_sources is None else self.test_sources
+        return {"train": self.n_sources - val - test, "val": val, "test": test}
+
+    def split_problems(self) -> list[str]:
+        """Why the sources cannot be dealt into pairs with at least one pair per split (empty when they can)."""
+        problems = [
+            f"data.synthetic.{key} must be even (real videos are dealt in pairs, like FF++'s split files), but got {value}"
+            for key, value in (("val_sources", self.val_sources), ("test_sources", self.test_sources))
+            if value is not None and value % 2
+        ]
+        sizes = self.sources_per_split()
+        if sizes["train"] < 2:
+            problems.append(
+                f"data.synthetic.n_sources must leave at least 2 real videos (one pair) for train after val and test, "
+                f"but got n_sources={self.n_sources} with {sizes['val']} for val and {sizes['test']} for test; "
+                f"raise n_sources or lower data.synthetic.val_sources/test_sources"
+            )
+        return problems
+
+    @model_validator(mode="after")
+    def _sources_fill_every_split(self) -> SyntheticConfig:
+        problems = self.split_problems()
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
 
 
 class AugmentConfig(_Section):
@@ -79,7 +115,9 @@ class DataConfig(_Section):
     n_segment: PositiveInt = Field(8, description="frames per clip; also the TSM's time axis")
     clip_seconds: PositiveFloat = Field(2.0, description="span a clip covers, from the video's own fps")
     clips_per_video_train: PositiveInt = 1
-    clips_per_video_eval: PositiveInt = 1
+    clips_per_video_eval: PositiveInt = Field(
+        4, description="evenly spaced windows scored per video at validation/test; video scores aggregate them"
+    )
     min_frames: PositiveInt = Field(8, description="videos with fewer frames are skipped; shorter than the span are sampled with repeats")
     sampler: Literal["none", "balanced"] = Field("none", description="balanced: WeightedRandomSampler with equal expected classes")
     num_workers: int = Field(0, ge=0)
@@ -156,6 +194,12 @@ class TrainConfig(_Section):
         "and redo the epoch; false fails the run at once",
     )
     min_batch_size: PositiveInt = Field(1, description="the smallest micro-batch oom_backoff may reach; below it the run fails with reason oom")
+    deterministic: bool = Field(
+        False,
+        description="deterministic GPU kernels (cudnn.deterministic, no cudnn benchmark even if cudnn_benchmark, "
+        "torch.use_deterministic_algorithms with warn_only, CUBLAS_WORKSPACE_CONFIG=:4096:8 if unset): the same seed "
+        "gives the same run on a GPU, at some speed cost",
+    )
     output_dir: Path = Field(Path("runs"), description="checkpoints live in output_dir/<run name>/")
 
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from harness.config.schema import DataConfig, SyntheticConfig
 from harness.errors import DataError
 
-__all__ = ["generate_synthetic", "ensure_synthetic", "COMPLETE_MARKER", "METADATA_FILE"]
+__all__ = ["generate_synthetic", "ensure_synthetic", "deal_splits", "COMPLETE_MARKER", "METADATA_FILE"]
 
 COMPLETE_MARKER = ".complete"
 METADATA_FILE = "synthetic.json"  # written first: proves the tree is ours before anything is deleted
@@ -209,16 +209,23 @@ def _write_video(path: Path, frames: np.ndarray, fps: float) -> None:
     tmp.replace(path)
 
 
-def _split_pairs(ids: list[str], rng: np.random.Generator) -> dict[str, list[list[str]]]:
-    """Pair the ids like the official FF++ split files and deal the pairs 72/14/14 %."""
-    order = rng.permutation(len(ids))
+def _source_ids(cfg: SyntheticConfig) -> list[str]:
+    """The real videos' ids, as the file stems show them."""
+    return [f"{i:03d}" for i in range(cfg.n_sources)]
+
+
+def deal_splits(cfg: SyntheticConfig) -> dict[str, list[list[str]]]:
+    """The split files' content: the ids paired like FF++'s and dealt by `cfg.sources_per_split()`.
+
+    A pure function of the config (no video is drawn), so a split's size can be checked without
+    generating the data set.
+    """
+    ids = _source_ids(cfg)
+    order = np.random.default_rng([cfg.seed, 1]).permutation(len(ids))
     pairs = [[ids[order[i]], ids[order[i + 1]]] for i in range(0, len(ids), 2)]
-    n_eval = max(1, round(0.14 * len(pairs)))
-    return {
-        "train": pairs[: len(pairs) - 2 * n_eval],
-        "val": pairs[len(pairs) - 2 * n_eval : len(pairs) - n_eval],
-        "test": pairs[len(pairs) - n_eval :],
-    }
+    sizes = {split: n // 2 for split, n in cfg.sources_per_split().items()}
+    n_train, n_val = sizes["train"], sizes["val"]
+    return {"train": pairs[:n_train], "val": pairs[n_train : n_train + n_val], "test": pairs[n_train + n_val :]}
 
 
 def _check_cfg(cfg: SyntheticConfig) -> None:
@@ -227,6 +234,8 @@ def _check_cfg(cfg: SyntheticConfig) -> None:
         problems.append(
             f"data.synthetic.n_sources must be even and >= 6 (pairs dealt to train/val/test), but got {cfg.n_sources}"
         )
+    # Configs copied with model_copy skip the schema's validators, so its split rule is asked again.
+    problems += cfg.split_problems()
     if cfg.size % 2:
         problems.append(f"data.synthetic.size must be even (h264 yuv420p), but got {cfg.size}")
     if cfg.burst_frames > cfg.frames:
@@ -249,8 +258,8 @@ def generate_synthetic(root: Path, cfg: SyntheticConfig, compression: str = "c23
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     (root / COMPLETE_MARKER).unlink(missing_ok=True)
-    ids = [f"{i:03d}" for i in range(cfg.n_sources)]
-    splits = _split_pairs(ids, np.random.default_rng([cfg.seed, 1]))
+    ids = _source_ids(cfg)
+    splits = deal_splits(cfg)
     metadata = {**_fingerprint(cfg, compression), "bursts": {}}
     (root / METADATA_FILE).write_text(json.dumps(metadata, indent=1))
 
