@@ -10,7 +10,7 @@ import yaml
 
 from harness.config.loading import load_config
 from harness.errors import SpaceError
-from harness.sweep.space import build_pruner, build_sampler, load_space
+from harness.sweep.space import SearchSpace, build_pruner, build_sampler, load_space
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE_FILES = sorted((ROOT / "search_spaces").glob("*.yaml"))
@@ -289,6 +289,53 @@ def test_factories_build_the_named_optuna_objects() -> None:
     assert isinstance(build_pruner({"type": "none"}), optuna.pruners.NopPruner)
     with pytest.raises(SpaceError, match="must be one of tpe, random, but got 'grid'"):
         build_sampler({"type": "grid"})
+
+
+def _pruning_space(tmp_path: Path, val_every: int, **pruner) -> SearchSpace:
+    study = {"direction": "maximize", "metric": "video_auc", "pruner": {"type": "median", "n_startup_trials": 1, **pruner}}
+    return load_space(write_space(tmp_path, fixed={"train.val_every": val_every}, study=study))
+
+
+def _finish_trials(study: optuna.Study, curve: list[float], epochs: list[int], n: int = 2) -> None:
+    """n complete trials reporting `curve` at `epochs` (steps are epochs, as PruningReporter reports them)."""
+    for _ in range(n):
+        trial = study.ask()
+        for value, epoch in zip(curve, epochs):
+            trial.report(value, step=epoch)
+        study.tell(trial, max(curve))
+
+
+@pytest.mark.parametrize("val_every", [1, 2])
+def test_pruner_warmup_counts_validations_whatever_val_every(tmp_path: Path, val_every: int) -> None:
+    space = _pruning_space(tmp_path, val_every, n_warmup_steps=1)
+    study = optuna.create_study(direction="maximize", pruner=space.pruner())
+    epochs = [j * val_every for j in (1, 2, 3)]  # validation j sits at epoch j * val_every
+    _finish_trials(study, [0.9, 0.9, 0.9], epochs)
+    bad = study.ask()
+    bad.report(0.1, step=epochs[0])
+    assert not bad.should_prune(), f"n_warmup_steps: 1 must keep the first validation (epoch {epochs[0]}) safe"
+    bad.report(0.1, step=epochs[1])
+    assert bad.should_prune(), f"pruning must start at the second validation (epoch {epochs[1]})"
+
+
+def test_pruner_interval_counts_validations(tmp_path: Path) -> None:
+    space = _pruning_space(tmp_path, 2, n_warmup_steps=0, interval_steps=2)
+    study = optuna.create_study(direction="maximize", pruner=space.pruner())
+    epochs = [2, 4, 6, 8]
+    _finish_trials(study, [0.5, 0.6, 0.7, 0.8], epochs)
+    lagging = study.ask()  # above the median at validation 1, below it from validation 2 on
+    checked = []
+    for epoch in epochs[:3]:
+        lagging.report(0.55, step=epoch)
+        checked.append(lagging.should_prune())
+    # Every 2nd validation is checked from the first: 1 (kept, above the median), not 2, then 3 (pruned).
+    assert checked == [False, False, True]
+
+
+def test_pruner_warmup_and_interval_must_be_whole_validation_counts(tmp_path: Path) -> None:
+    lines = refusal(write_space(tmp_path, study={"pruner": {"type": "median", "n_warmup_steps": -1, "interval_steps": 0}})).problems
+    assert any("`n_warmup_steps` counts validations, so it must be a whole number >= 0, but got -1" in l for l in lines)
+    assert any("`interval_steps` counts validations, so it must be a whole number >= 1, but got 0" in l for l in lines)
 
 
 def test_base_dict_layers_base_overlays_and_fixed() -> None:

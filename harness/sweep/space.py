@@ -9,7 +9,7 @@ A space file (paths relative to itself):
       direction: maximize
       metric: video_auc
       sampler: {type: tpe, seed: 0}                 # kwargs go to the Optuna class as they are
-      pruner: {type: median, n_startup_trials: 5, n_warmup_steps: 2}
+      pruner: {type: median, n_startup_trials: 5, n_warmup_steps: 2}   # warm-up in validations, not epochs
       enqueue: [../baseline.yaml, ../recommended.yaml]
     params:
       optim.lr: {type: float, low: 1.0e-5, high: 3.0e-3, log: true}
@@ -85,6 +85,8 @@ PRUNERS: Mapping[str, type[optuna.pruners.BasePruner]] = MappingProxyType(
 # Trials report validation metrics at step = epoch. Pruners compare trials' reports at the same
 # step, so every trial of a study must validate on the same schedule.
 SCHEDULE_KEYS = ("train.val_every", "train.epochs")
+# Pruners whose `n_warmup_steps` and `interval_steps` a space file gives in validations, not epochs.
+_COUNTS_VALIDATIONS = ("median", "percentile")
 
 _TOP_FIELDS = ("base", "overlays", "fixed", "study", "params")
 _STUDY_FIELDS = ("direction", "metric", "sampler", "pruner", "enqueue")
@@ -110,13 +112,42 @@ def build_sampler(spec: Mapping[str, Any], seed: int | None = None) -> optuna.sa
     return SAMPLERS[kind](**kwargs)
 
 
-def build_pruner(spec: Mapping[str, Any] | None) -> optuna.pruners.BasePruner:
-    """`{type: median, n_startup_trials: 5, n_warmup_steps: 2}` -> the Optuna pruner; kwargs pass through."""
+def build_pruner(spec: Mapping[str, Any] | None, val_every: int = 1) -> optuna.pruners.BasePruner:
+    """`{type: median, n_startup_trials: 5, n_warmup_steps: 2}` -> the Optuna pruner.
+
+    `n_warmup_steps` and `interval_steps` count validations in a space file and become Optuna's
+    steps (epochs) here, for a study that validates every `val_every` epochs (see
+    `_validations_as_steps`); the other arguments pass through as they are.
+    """
     kwargs = dict(spec or {})
     kind = kwargs.pop("type", "median")
     if kind not in PRUNERS:
         raise SpaceError(f"pruner `type` must be one of {', '.join(PRUNERS)}, but got {kind!r}")
+    if kind in _COUNTS_VALIDATIONS:
+        kwargs.update(_validations_as_steps(kwargs.get("n_warmup_steps", 0), kwargs.get("interval_steps", 1), val_every))
     return PRUNERS[kind](**kwargs)
+
+
+def _validations_as_steps(warmup: Any, interval: Any, val_every: int) -> dict[str, int]:
+    """Warm-up and interval in validations -> Optuna's `n_warmup_steps` and `interval_steps` in epochs.
+
+    Trials report validation j at step j * val_every (steps are epochs, from 1), and Optuna prunes
+    once `step >= n_warmup_steps`, so k taken as k steps would, with val_every 1, already prune at
+    validation k. Warm-up k * val_every + 1 keeps the first k validations safe and lets pruning start
+    at validation k + 1. From there Optuna checks the first report in each interval of m * val_every
+    epochs, which holds m validations, so every m-th validation is checked. The last epoch validates
+    even off the val_every grid; it is the first report of its interval, so m = 1 checks it too.
+    """
+    problems = [
+        f"`{name}` counts validations, so it must be a whole number >= {least}, but got {value!r}"
+        for name, value, least in (("n_warmup_steps", warmup, 0), ("interval_steps", interval, 1))
+        if isinstance(value, bool) or not isinstance(value, int) or value < least
+    ]
+    if problems:
+        raise ValueError("; ".join(problems))
+    if isinstance(val_every, bool) or not isinstance(val_every, int) or val_every < 1:
+        raise ValueError(f"train.val_every must be a whole number >= 1, but got {val_every!r}")
+    return {"n_warmup_steps": warmup * val_every + 1, "interval_steps": interval * val_every}
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -218,8 +249,13 @@ class SearchSpace:
     def sampler(self, seed: int | None = None) -> optuna.samplers.BaseSampler:
         return build_sampler(self.study.sampler, seed)
 
+    def val_every(self) -> int:
+        """The study's validation interval in epochs: never searched (SCHEDULE_KEYS), so the base's, or fixed's."""
+        return int(_reader(self.base_dict())("train.val_every"))
+
     def pruner(self) -> optuna.pruners.BasePruner:
-        return build_pruner(self.study.pruner)
+        """The study's pruner, its warm-up and interval turned from validations into epochs."""
+        return build_pruner(self.study.pruner, self.val_every())
 
     def suggest(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
         """Ask the trial for each active param in order; bundles come back as their choice name."""

@@ -148,7 +148,7 @@ def run_sweep(
     from harness.data.index import build_manifest
     from harness.sweep.liveness import Heartbeat, mark_worker
     from harness.sweep.report import TrialBar, log_study_artifacts, summarise
-    from harness.sweep.space import build_pruner, build_sampler, load_space
+    from harness.sweep.space import build_sampler, load_space
     from harness.sweep.storage import DEFAULT_STORAGE, open_storage, storage_lock
     from harness.sweep.trial import config_record, prepare_resume, run_trial, trial_params_for_mlflow
     from harness.track.mlflow_run import MLflowTracker, mask_uri, open_client
@@ -179,7 +179,7 @@ def run_sweep(
             study_name=study_name,
             storage=raw_storage,
             sampler=build_sampler(space.study.sampler),
-            pruner=build_pruner(space.study.pruner),
+            pruner=space.pruner(),  # its warm-up counted in validations, whatever train.val_every is
             direction=space.study.direction,
             load_if_exists=True,
         )
