@@ -265,14 +265,29 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study-name", required=True, help="the study to read (the sweep's --study-name or space file name)")
     p.add_argument("--storage", default=None, help="Optuna storage the sweep used (default optuna.journal here)")
     p.add_argument("--out", type=Path, default=Path("best.yaml"), help="config file to write (default best.yaml)")
+    p.add_argument("--evaluate", action="store_true",
+                   help="then score the best trial's best checkpoint on the test split, once (sweep trials score "
+                        "validation only), and log the test_* metrics to that trial's MLflow run")
+    _add_tracking_args(p)
 
 
 def cmd_export_best(args: argparse.Namespace) -> int:
-    from harness.sweep.export import export_best
+    from harness.sweep.export import evaluate_best, export_best, locate_best_checkpoint
 
+    # Found first, so a missing checkpoint stops the command before it writes anything.
+    target = locate_best_checkpoint(args.study_name, args.storage, args.tracking_uri) if args.evaluate else None
     path, number, value = export_best(args.study_name, args.out, args.storage)
     print(f"wrote {path}: trial {number} (validation score {value:.4f}); train it with `harness train --config {path}`")
+    if target is not None:
+        score = evaluate_best(target, args.tracking_uri)
+        shown = ", ".join(f"{name} {score.metrics[f'test_{name}']:.4f}" for name in _TEST_SUMMARY
+                          if f"test_{name}" in score.metrics)
+        print(f"test split, trial {number}'s best checkpoint (epoch {score.epoch}, {score.precision}): {shown}; "
+              f"logged to MLflow run {target.run_id}")
     return 0
+
+
+_TEST_SUMMARY = ("video_auc", "clip_auc", "video_ap", "video_eer", "video_acc", "video_f1", "loss")
 
 
 # --- compare ---------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 import yaml
 from mlflow import MlflowClient
 
@@ -99,6 +100,55 @@ def test_sweep_prunes_logs_children_resumes_and_exports(synthetic_root: Path, tm
     assert best_cfg.model.aggregate == best.params["model.aggregate"]
     result = fit(best_cfg, run_dir=tmp_path / "best-run", progress=False)
     assert result.status == "completed" and "test_video_auc" in result.test_metrics
+
+
+def test_sweep_trials_score_validation_only_and_export_best_evaluate_scores_the_best_on_test_once(
+    synthetic_root: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    space = write_space(tmp_path, synthetic_root, {"type": "none"})
+    body = yaml.safe_load(space.read_text())
+    body["fixed"]["train.epochs"] = 2
+    space.write_text(yaml.safe_dump(body, sort_keys=False))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    journal = str(tmp_path / "optuna.journal")
+    assert main(["sweep", "--space", str(space), "--trials", "2", "--storage", journal, "--study-name", "v",
+                 "--tracking-uri", uri, "--quiet"]) == 0
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("harness").experiment_id
+    study = optuna.load_study(study_name="v", storage=open_storage(journal))
+    children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{study.user_attrs['mlflow_parent_run_id']}'")
+    assert len(children) == 2
+    for child in children:
+        assert "val_video_auc" in child.data.metrics
+        assert not [k for k in child.data.metrics if k.startswith("test_")], "a sweep trial must not score test"
+
+    best = study.best_trial
+    run_id = best.user_attrs["mlflow_run_id"]
+    capsys.readouterr()
+    export = ["export-best", "--study-name", "v", "--storage", journal, "--tracking-uri", uri, "--evaluate"]
+    assert main([*export, "--out", str(tmp_path / "best.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "best.yaml").is_file()
+    assert f"trial {best.number}'s best checkpoint" in out and "video_auc" in out and run_id in out
+
+    scored = client.get_run(run_id)
+    assert 0.0 <= scored.data.metrics["test_video_auc"] <= 1.0
+    assert {"test_clip_auc", "test_video_ap", "test_video_eer", "test_loss"} <= set(scored.data.metrics)
+    assert scored.data.tags["harness.test_scored_by"] == "export-best"
+    best_pt = Path(scored.data.tags["run_dir"]) / "best.pt"
+    # Scored at the video threshold the trial's best validation chose, as `fit` scores a plain run.
+    assert scored.data.metrics["test_threshold"] == pytest.approx(torch.load(best_pt, weights_only=True)["threshold"])
+    other = next(c for c in children if c.info.run_id != run_id)
+    assert not [k for k in client.get_run(other.info.run_id).data.metrics if k.startswith("test_")]
+
+    # Without the checkpoint: one line naming it, exit 2, and nothing written.
+    best_pt.rename(best_pt.with_name("moved.pt"))
+    assert main([*export, "--out", str(tmp_path / "again.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "best checkpoint must exist" in err[0] and str(best_pt) in err[0]
+    assert not (tmp_path / "again.yaml").exists()
 
 
 def test_export_best_refuses_a_study_without_completed_trials(tmp_path: Path, capsys) -> None:

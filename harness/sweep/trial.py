@@ -152,8 +152,11 @@ def run_trial(
     if progress_update is not None:
         callbacks.append(TrialProgress(progress_update))
     try:
+        # Validation only: trials are picked from what they log, so no trial may show a test score;
+        # `harness export-best --evaluate` scores the chosen one's best checkpoint on test, once.
         result: TrainResult = fit(
-            cfg, CallbackList(callbacks), run_dir=run_dir, resume=resume, manifest=manifest, progress=False
+            cfg, CallbackList(callbacks), run_dir=run_dir, resume=resume, manifest=manifest, progress=False,
+            score_test=False,
         )
     except Exception as exc:  # a broken trial must not end the sweep
         reason = f"{type(exc).__name__}: {exc}"
