@@ -27,7 +27,8 @@ def videos(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 def tiny_overlay(tmp: Path, root: Path) -> Path:
     path = tmp / "tiny.yaml"
     path.write_text(yaml.safe_dump({
-        "data": {"source": "ffpp", "root": str(root), "input_size": 32, "num_workers": 0},
+        # The test tree's 24-frame videos hold two distinct 2 s windows; more would repeat them.
+        "data": {"source": "ffpp", "root": str(root), "input_size": 32, "num_workers": 0, "clips_per_video_eval": 2},
         # The recommended warm-up (3 epochs) must stay below train.epochs, so the tiny runs drop it.
         "optim": {"scheduler": {"warmup_epochs": 0}},
         "train": {"epochs": 2, "batch_size": 8, "output_dir": str(tmp / "runs")},
