@@ -135,7 +135,7 @@ def test_config_for_round_trips_through_params_for_config() -> None:
     assert (cfg.optim.lr, cfg.model.fold_div, cfg.model.aggregate) == (2.0e-4, 4, "attention")
     assert (cfg.loss.auto_pos_weight, cfg.data.sampler) == (False, "balanced")
     # The demo overlay and the fixed keys stay under the params.
-    assert (cfg.data.source, cfg.train.epochs, cfg.train.val_every) == ("synthetic", 8, 1)
+    assert (cfg.data.source, cfg.train.epochs, cfg.train.val_every) == ("synthetic", 6, 1)
     assert space.params_for_config(cfg) == params
 
 
