@@ -31,6 +31,7 @@ from harness.compare.stats import (
     delong_test,
     holm,
     paired_comparison,
+    paired_t_p,
     pitman_morgan_test,
     verdict,
     volatility,
@@ -159,19 +160,16 @@ def contrast_decisions(
     out: dict[str, dict] = {}
     for name, role in family.items():
         seeds, d = paired_diffs(runs, name, baseline)
+        # Bonferroni's share: the sequential rows are tested at it, and Holm's first step is the same.
         share = alpha if role == PRIMARY else alpha / max(1, n_secondary)
         if design is not None:
-            dec = _first_decision(d, design, share)
+            plan, tested_at = design, share
             rule = "group-sequential" + ("" if role == PRIMARY else f", Bonferroni alpha/{n_secondary}")
-        else:
-            dec = decide(d, SequentialDesign.fixed(len(d), alpha, margin)) if len(d) >= 2 else _first_decision(
-                d, SequentialDesign.fixed(2, alpha, margin), alpha)
-            share = alpha  # the secondary rows' Holm adjustment follows below
+        else:  # one look at the pairs there are; the secondary rows' Holm adjustment follows below
+            plan, tested_at = SequentialDesign.fixed(max(len(d), 2), alpha, margin), alpha
             rule = "paired t + TOST" + ("" if role == PRIMARY else f", Holm over {n_secondary}")
-        p_t = float(sps.ttest_rel(d, np.zeros_like(d)).pvalue) if len(d) >= 2 and d.std() > 0 else (
-            1.0 if len(d) >= 2 and not d.any() else math.nan)
-        out[name] = {"decision": dec, "family": role, "alpha": share, "rule": rule, "seeds": seeds,
-                     "p_t": p_t, "p_tost": _tost_p(d, margin)}
+        out[name] = {"decision": _first_decision(d, plan, tested_at), "plan": plan, "share": share, "family": role,
+                     "alpha": tested_at, "rule": rule, "seeds": seeds, "p_t": paired_t_p(d), "p_tost": _tost_p(d, margin)}
     if design is None:
         secondary = [n for n, f in family.items() if f == SECONDARY]
         p_sup = holm([out[n]["p_t"] for n in secondary])
@@ -185,12 +183,8 @@ def contrast_decisions(
                 verdict = EQUIVALENT
             out[name]["decision"] = replace(dec, verdict=verdict)
             out[name]["p_t_holm"], out[name]["p_tost_holm"] = ps, pe
-    for name, info in out.items():
-        dec = info["decision"]
-        plan = design if design is not None else SequentialDesign.fixed(max(dec.n, 2), alpha, margin)
-        # Holm's first step is Bonferroni's: a secondary row is planned at alpha / their number, never less.
-        share = alpha if info["family"] == PRIMARY else alpha / max(1, n_secondary)
-        info["decision"] = replace(dec, seeds_needed=seeds_needed(dec, plan, share))
+    for info in out.values():
+        info["decision"] = replace(info["decision"], seeds_needed=seeds_needed(info["decision"], info["plan"], info["share"]))
     return out
 
 

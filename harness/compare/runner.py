@@ -103,6 +103,8 @@ def _curve(client: Any, run_id: str, key: str) -> list[tuple[int, float]]:
 
 def record_from_mlflow(client: Any, run: Any, arm: str) -> RunRecord | None:
     """A finished run as a RunRecord; None when its per-video scores cannot be read back."""
+    from harness.train.precision import label_name
+
     run_id = run.info.run_id
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -126,7 +128,7 @@ def record_from_mlflow(client: Any, run: Any, arm: str) -> RunRecord | None:
         wall_seconds=metrics.get("compare_wall_seconds", math.nan),
         peak_mem_mb=max(peak) if peak else math.nan,
         test_videos=videos,
-        precision=tags.get("harness.amp", "").split(" ")[0],
+        precision=label_name(tags.get("harness.amp", "")),
     )
 
 
@@ -155,6 +157,7 @@ def _train(arm: Arm, seed: int, cfg_hash: str, run_dir: Path, manifest: pd.DataF
 
     `precision` forces the autocast precision (see `run_arms`); None lets the trainer choose.
     """
+    from harness.train.precision import recorded_precision
     from harness.train.trainer import fit
 
     cfg = arm.config.model_copy(update={"seed": seed})
@@ -174,7 +177,7 @@ def _train(arm: Arm, seed: int, cfg_hash: str, run_dir: Path, manifest: pd.DataF
         reason=result.reason, test_metrics=dict(result.test_metrics),
         val_curve=[(int(h["epoch"]), h["val_video_auc"]) for h in result.history if "val_video_auc" in h],
         best_epoch=result.best_epoch, wall_seconds=wall, peak_mem_mb=max(peak) if peak else math.nan,
-        test_videos=result.test_videos, precision=_run_precision(run_dir),
+        test_videos=result.test_videos, precision=recorded_precision(run_dir) or "",
     )
     tracker.log_metrics({"compare_wall_seconds": wall}, step=result.epochs_run)
     if result.test_videos is not None:
@@ -186,12 +189,6 @@ def _train(arm: Arm, seed: int, cfg_hash: str, run_dir: Path, manifest: pd.DataF
     # Reuse works per finished run, never from a mid-run state, so the resumable state is dead weight.
     (run_dir / "last.pt").unlink(missing_ok=True)
     return record
-
-
-def _run_precision(run_dir: Path) -> str:
-    state = run_dir / "run_state.json"
-    label = json.loads(state.read_text()).get("precision") if state.is_file() else None
-    return (label or "").split(" ")[0]
 
 
 def run_arms(

@@ -20,6 +20,7 @@ __all__ = [
     "DeLongResult",
     "bootstrap_mean_ci",
     "paired_comparison",
+    "paired_t_p",
     "delong_test",
     "pitman_morgan_test",
     "volatility",
@@ -84,16 +85,25 @@ def paired_comparison(
     if n < 2:
         return PairedResult(n, float(d.mean()) if n else math.nan, math.nan, math.nan, math.nan, math.nan)
     lo, hi = bootstrap_mean_ci(d, level, n_boot, seed)
-    if np.allclose(d, d[0]):
-        # Zero variance leaves t undefined. All-zero differences are "no difference" (p = 1); a constant
-        # nonzero one is, with AUC moving in steps of 1/(n_real n_fake), more likely a coincidence of
-        # few seeds than proof, so it gets no p-value and hence no verdict.
-        p_t = 1.0 if d[0] == 0 else math.nan
-    else:
-        p_t = float(sps.ttest_rel(x, y).pvalue)
+    p_t = paired_t_p(d)
     nonzero = d[d != 0]
     p_w = 1.0 if len(nonzero) == 0 else float(sps.wilcoxon(d, zero_method="wilcox").pvalue)
     return PairedResult(n, float(d.mean()), lo, hi, p_t, p_w)
+
+
+def paired_t_p(diffs: Sequence[float] | np.ndarray) -> float:
+    """Two-sided p of the paired t-test on per-seed differences (NaN below 2 seeds).
+
+    Zero variance leaves t undefined. All-zero differences are "no difference" (p = 1); a constant
+    nonzero one is, with AUC moving in steps of 1/(n_real n_fake), more likely a coincidence of few
+    seeds than proof, so it gets no p-value and hence no verdict.
+    """
+    d = np.asarray(diffs, dtype=np.float64)
+    if len(d) < 2:
+        return math.nan
+    if np.allclose(d, d[0]):
+        return 1.0 if d[0] == 0 else math.nan
+    return float(sps.ttest_1samp(d, 0.0).pvalue)
 
 
 def verdict(result: PairedResult, level: float = 0.95, higher_is_better: bool = True) -> str:

@@ -6,7 +6,6 @@ With `--evaluate`, also the one look at the test split a sweep takes: trials sco
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from dataclasses import dataclass
@@ -128,11 +127,9 @@ def locate_best_checkpoint(study_name: str, storage: str | None = None, tracking
 
 def _run_precision(run_dir: Path, device: torch.device) -> Precision:
     """What the run computed in (its run_state.json), so test is scored as validation was."""
-    from harness.train.precision import Precision
+    from harness.train.precision import Precision, recorded_precision
 
-    state = run_dir / "run_state.json"
-    label = json.loads(state.read_text()).get("precision") if state.is_file() else None
-    name = (label or "fp32").split(" ")[0]  # a label is "fp32 (fallback: ...)": the name, then why
+    name = recorded_precision(run_dir) or "fp32"
     if name == "fp16" and device.type != "cuda":
         name = "fp32"  # scored away from the GPU it trained on: CPUs have no fast fp16
     return Precision(name, "as the trial ran")

@@ -10,6 +10,7 @@ cores. So a short timed probe of a few train steps, at run start, keeps whicheve
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Precision", "requested_precision", "cpu_flags", "has_native_bf16", "choose_precision", "NATIVE_BF16_FLAGS"]
+__all__ = ["Precision", "requested_precision", "recorded_precision", "label_name", "cpu_flags", "has_native_bf16", "choose_precision", "NATIVE_BF16_FLAGS"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,18 @@ class Precision:
 
     def state_dict(self) -> dict[str, str]:
         return asdict(self)
+
+
+def recorded_precision(run_dir: Path) -> str | None:
+    """The precision name ("fp32", "bf16", "fp16") a run wrote to its run_state.json; None without one."""
+    state = run_dir / "run_state.json"
+    label = json.loads(state.read_text()).get("precision") if state.is_file() else None
+    return label_name(label) if label else None
+
+
+def label_name(label: str) -> str:
+    """A `Precision.label` such as "fp32 (fallback: ...)" (also the harness.amp tag) -> its name."""
+    return label.split(" ", 1)[0]
 
 
 def requested_precision(amp: bool, device_type: str) -> Precision:
