@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from fractions import Fraction
 from pathlib import Path
 
 import decord
@@ -11,7 +12,7 @@ import pytest
 from PIL import Image
 
 from harness.config.schema import FFPP_METHODS, DataConfig, SyntheticConfig
-from harness.data.index import MANIFEST_COLUMNS, build_manifest, index_ffpp, read_manifest_csv, write_manifest
+from harness.data.index import MANIFEST_COLUMNS, build_manifest, index_ffpp, probe_video, read_manifest_csv, write_manifest
 from harness.data.synth import generate_synthetic
 from harness.errors import DataError
 
@@ -212,3 +213,70 @@ def test_read_manifest_csv_accepts_identities_kept_in_one_split(synthetic_root: 
     df = read_manifest_csv(csv, progress=False)
     assert df["split"].tolist() == ["train", "train", "train", "val", "test"]
     assert df["source_id"].tolist() == ["alice", "bob", "alice", "carol", "dan"]
+
+
+def _write_tiny_video(path: Path, rate: Fraction, frames: int, options: dict | None = None) -> None:
+    import av
+
+    with av.open(str(path), mode="w", format="mp4", options=options or {}) as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "yuv420p"
+        for t in range(frames):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.full((16, 16, 3), 8 * t, np.uint8), format="rgb24")))
+        container.mux(stream.encode())
+
+
+def test_metadata_probe_gives_what_decoding_counts(synthetic_root: Path, tmp_path: Path) -> None:
+    videos = sorted(synthetic_root.glob("*_sequences/**/*.mp4"))
+    ntsc = tmp_path / "ntsc.mp4"
+    _write_tiny_video(ntsc, Fraction(30000, 1001), 17)
+    for video in videos[:4] + videos[-4:] + [ntsc]:
+        decoded = decord.VideoReader(str(video))
+        assert probe_video(video) == (len(decoded), decoded.get_avg_fps())
+
+
+def test_a_truncated_video_with_its_header_first_is_skipped(tmp_path: Path) -> None:
+    video = tmp_path / "faststart.mp4"
+    _write_tiny_video(video, Fraction(25), 30, {"movflags": "faststart"})  # sample table before the data
+    assert probe_video(video) == (30, 25.0)
+    data = video.read_bytes()
+    for cut in (1, len(data) // 3):  # the last frame cut short, or most of the data gone
+        video.write_bytes(data[:-cut])
+        with pytest.raises(ValueError, match="truncated"):
+            probe_video(video)
+
+
+def _partial_tree(tree: Path) -> Path:
+    """The tree with 3 of the 5 methods: NeuralTextures removed, FaceShifter an empty folder."""
+    shutil.rmtree(tree / "manipulated_sequences" / "NeuralTextures")
+    for video in (tree / "manipulated_sequences" / "FaceShifter" / "c23" / "videos").glob("*.mp4"):
+        video.unlink()
+    return tree
+
+
+def test_a_partial_download_indexes_the_methods_present(tree: Path, capsys: pytest.CaptureFixture) -> None:
+    from harness.cli import main
+
+    _partial_tree(tree)
+    result = index_ffpp(tree, None, progress=False)
+    assert sorted(result.manifest["method"].unique()) == ["Deepfakes", "Face2Face", "FaceSwap", "real"]
+    assert len(result.manifest) == 6 + 3 * 6
+    assert "indexing methods present: Deepfakes, Face2Face, FaceSwap" in capsys.readouterr().err
+    with pytest.raises(DataError, match=r"NeuralTextures/c23/videos must hold the videos of method NeuralTextures \(data.methods\), but it is missing"):
+        index_ffpp(tree, ["Deepfakes", "NeuralTextures"], progress=False)
+    with pytest.raises(DataError, match=r"FaceShifter/c23/videos must hold the videos of method FaceShifter \(data.methods\), but it is empty"):
+        index_ffpp(tree, ["FaceShifter"], progress=False)
+    with pytest.raises(DataError, match=r"manipulated_sequences must hold at least one method folder with <Method>/c40/videos"):
+        index_ffpp(tree, None, compression="c40", progress=False)
+    out = tree.parent / "manifest.csv"
+    assert main(["index", "--root", str(tree), "--out", str(out), "--backend", "pyav"]) == 0
+    assert "indexing methods present: Deepfakes, Face2Face, FaceSwap" in capsys.readouterr().err
+    assert sorted(pd.read_csv(out)["method"].unique()) == ["Deepfakes", "Face2Face", "FaceSwap", "real"]
+
+
+def test_a_method_downloaded_later_is_indexed_when_methods_is_null(tree: Path, synthetic_root: Path) -> None:
+    cfg = DataConfig(source="ffpp", root=_partial_tree(tree), methods=None, backend="pyav")
+    assert len(build_manifest(cfg, progress=False)) == 24
+    shutil.copytree(synthetic_root / "manipulated_sequences" / "NeuralTextures", tree / "manipulated_sequences" / "NeuralTextures")
+    df = build_manifest(cfg, progress=False)
+    assert len(df) == 30 and "NeuralTextures" in set(df["method"])  # a new key, not the 24-video cache

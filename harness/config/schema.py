@@ -16,6 +16,7 @@ __all__ = [
     "DataConfig",
     "SyntheticConfig",
     "AugmentConfig",
+    "FaceConfig",
     "ModelConfig",
     "LossConfig",
     "OptimConfig",
@@ -102,15 +103,44 @@ class AugmentConfig(_Section):
         return self
 
 
+class FaceConfig(_Section):
+    """Face crops (data.face_crop): detect on a subsample of frames, track one face, crop a square around it."""
+
+    detector: Literal["dlib_hog", "opencv_haar"] = Field(
+        "dlib_hog", description="dlib_hog: dlib's HOG frontal-face detector (FF++'s own crop tool); "
+        "opencv_haar: OpenCV's bundled Haar cascade (faster, more false boxes)"
+    )
+    margin: float = Field(1.3, ge=1.0, le=3.0, description="side of the square crop = margin x the longer side of the face box (FF++: 1.3)")
+    detect_every: PositiveInt = Field(4, description="detect on every k-th frame; boxes in between are interpolated from the track")
+    detect_size: PositiveInt = Field(
+        640, description="frames are shrunk so their longer side is at most this before detection (speed); boxes are scaled back"
+    )
+    min_face_px: PositiveInt = Field(40, description="face boxes with a shorter side (original pixels) are ignored")
+    upsample: int = Field(0, ge=0, le=2, description="dlib_hog: upsample the frame this many times to find faces under ~80 px (slower)")
+    min_score: float = Field(0.0, description="dlib_hog: detections scoring below are ignored (dlib's adjust_threshold)")
+    min_detected_fraction: float = Field(
+        0.5, gt=0.0, le=1.0,
+        description="a video whose face track covers fewer of the detection frames is skipped as bad (counted, warned)",
+    )
+    smooth_window: PositiveInt = Field(
+        5, description="boxes are smoothed by a centred moving average over this many detection frames (1: no smoothing)"
+    )
+
+
 class DataConfig(_Section):
     source: Literal["ffpp", "csv", "synthetic"] = Field(
         "ffpp", description="ffpp: official FF++ tree at root; csv: a manifest of any videos; synthetic: embedded data"
     )
     root: Path = Field(Path("data/ffpp"), description="FF++ (or synthetic) tree; relative paths resolve from the working folder")
     manifest: Path | None = Field(None, description="CSV manifest (path,label,split[,...]); required for source csv")
-    methods: list[str] = Field(default_factory=lambda: list(FFPP_METHODS))
+    methods: list[str] | None = Field(
+        None, description="manipulation methods to use; null: every method present under manipulated_sequences "
+        "(a partial download is normal); a method named here that is missing is an error"
+    )
     compression: str = "c23"
-    backend: Literal["decord", "frames"] = "decord"
+    backend: Literal["auto", "decord", "pyav", "torchcodec", "frames"] = Field(
+        "auto", description="video decoder: auto picks decord where installed, else PyAV; frames reads extracted image folders"
+    )
     input_size: PositiveInt = 224
     n_segment: PositiveInt = Field(8, description="frames per clip; also the TSM's time axis")
     clip_seconds: PositiveFloat = Field(2.0, description="span a clip covers, from the video's own fps")
@@ -129,6 +159,12 @@ class DataConfig(_Section):
     cache_dir: Path | None = Field(
         None, description="where the frame cache lives (default: <root>/.harness_frame_cache, or next to the CSV for source csv)"
     )
+    cache_format: Literal["raw", "jpeg", "webp"] = Field(
+        "jpeg", description="how cached frames are stored: raw uint8 (largest, fastest), jpeg or webp at cache_quality"
+    )
+    cache_quality: int = Field(90, ge=1, le=100, description="jpeg/webp quality of the frame cache")
+    face_crop: bool = Field(False, description="train on square face crops (see data.face) instead of whole frames")
+    face: FaceConfig = Field(default_factory=FaceConfig)
     cache_stride: PositiveInt = Field(
         1,
         description="keep every k-th frame: clips sample only frames 0, k, 2k, ... (cache on or off alike), "
@@ -279,6 +315,11 @@ class Config(_Section):
             problems.append(f"optim.scheduler.min_lr must be < optim.lr, but got {sched.min_lr} >= {self.optim.lr}")
         if data.source == "csv" and data.manifest is None:
             problems.append("data.source=csv needs data.manifest (a CSV with path,label,split)")
+        if data.face_crop and data.source == "synthetic":
+            problems.append(
+                "data.face_crop=true needs real faces, but data.source=synthetic draws cartoon faces no detector finds; "
+                "use it with data.source ffpp or csv"
+            )
         if problems:
             raise ValueError("\n".join(problems))
         return self

@@ -36,7 +36,7 @@ SPLITS = ("train", "val", "test")
 REAL_METHOD = "real"
 DEFAULT_FPS = 25.0  # FF++ videos are mostly 25-30 fps; used when a frame folder has no fps.txt
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: n_frames/fps from container metadata (1 decoded with decord)
 
 
 @dataclass
@@ -62,18 +62,34 @@ def list_frame_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _probe_decord(path: Path) -> tuple[int, float]:
-    import decord
+def _probe_container(path: Path) -> tuple[int, float]:
+    """(n_frames, fps) from the container's header, reading a few kilobytes and decoding nothing.
+
+    Opening the file parses the header (an mp4 whose tail, with its moov, is cut off fails here); the last
+    sample is then demuxed, which catches an mp4 whose header comes first but whose data was cut short.
+    """
+    import av
 
     if path.stat().st_size == 0:
         raise ValueError("empty file")
-    vr = decord.VideoReader(str(path), num_threads=1)
-    n_frames = len(vr)
-    if n_frames > 0:
-        # The container's frame count can promise frames a truncated file no longer holds:
-        # decoding the last one proves it does.
-        vr.get_batch([0, n_frames - 1])
-    return n_frames, float(vr.get_avg_fps())
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate
+        if not rate:
+            raise ValueError("no frame rate in the container")
+        n_frames = stream.frames
+        if not n_frames:  # containers without a frame count (mkv, webm): duration x rate
+            seconds = stream.duration * stream.time_base if stream.duration else (container.duration or 0) / av.time_base
+            n_frames = round(seconds * rate)
+        if n_frames > 0:
+            last = (stream.start_time or 0) + int((n_frames - 1) / rate / stream.time_base)
+            container.seek(last, stream=stream, any_frame=True, backward=True)
+            packets = [p for p in container.demux(stream) if p.size]
+            if not packets or any(p.is_corrupt for p in packets):
+                raise ValueError(f"truncated: the container promises {n_frames} frames but its data ends early")
+    return int(n_frames), float(rate)
 
 
 def _probe_frames(folder: Path) -> tuple[int, float]:
@@ -90,9 +106,12 @@ def _probe_frames(folder: Path) -> tuple[int, float]:
     return len(images), fps
 
 
-def probe_video(path: Path, backend: str = "decord") -> tuple[int, float]:
-    """(n_frames, fps) of a video file (decord) or a folder of frames (frames); raises on bad input."""
-    return _probe_frames(path) if backend == "frames" else _probe_decord(path)
+def probe_video(path: Path, backend: str = "auto") -> tuple[int, float]:
+    """(n_frames, fps) of a folder of frames (backend frames) or a video file (any other backend); raises on bad input.
+
+    Every video backend reads the same container metadata, so the manifest does not depend on the decoder.
+    """
+    return _probe_frames(path) if backend == "frames" else _probe_container(path)
 
 
 def _probe_rows(rows: list[dict], backend: str, min_frames: int, progress: bool) -> tuple[list[dict], list[tuple[str, str]]]:
@@ -101,7 +120,7 @@ def _probe_rows(rows: list[dict], backend: str, min_frames: int, progress: bool)
     for row in tqdm(rows, desc="indexing videos", unit="video", disable=not progress):
         try:
             n_frames, fps = probe_video(Path(row["path"]), backend)
-        except Exception as error:  # decord raises its own types; any failure means "unreadable"
+        except Exception as error:  # PyAV and PIL raise their own types; any failure means "unreadable"
             reason = f"unreadable: {str(error).splitlines()[0][:120] if str(error) else type(error).__name__}"
         else:
             if n_frames >= min_frames:
@@ -204,9 +223,13 @@ def _ffpp_rows(root: Path, methods: Sequence[str], compression: str, backend: st
                          method=REAL_METHOD, split=id_split[stem]))
     for method in methods:
         fake_dir = _sequence_path(root / "manipulated_sequences" / method, compression, backend)
-        if not fake_dir.is_dir():
-            raise DataError(f"{fake_dir} must exist for method {method} (data.methods), but it is missing")
-        for stem in _list_stems(fake_dir, backend):
+        stems = _list_stems(fake_dir, backend)
+        if not stems:
+            raise DataError(
+                f"{fake_dir} must hold the videos of method {method} (data.methods), but it is "
+                f"{'empty' if fake_dir.is_dir() else 'missing'}; download it, or leave it out of data.methods"
+            )
+        for stem in stems:
             path = _video_path(fake_dir, stem, backend)
             target, _, source = stem.partition("_")
             if not source:
@@ -228,6 +251,29 @@ def _ffpp_rows(root: Path, methods: Sequence[str], compression: str, backend: st
     return rows, skipped
 
 
+def _methods_present(root: Path, compression: str, backend: str) -> list[str]:
+    """Method folders under manipulated_sequences/ holding at least one video of this compression and layout."""
+    folder = root / "manipulated_sequences"
+    methods = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    return [m for m in methods if _list_stems(_sequence_path(folder / m, compression, backend), backend)]
+
+
+def _resolve_methods(root: Path, methods: Sequence[str] | None, compression: str, backend: str) -> list[str]:
+    """`methods` as given, or (None) every method present, named on stderr: a partial download is normal."""
+    if methods is not None:
+        return list(methods)
+    present = _methods_present(root, compression, backend)
+    if not present:
+        layout = "images/<frame folders>" if backend == "frames" else "videos/*.mp4"
+        raise DataError(
+            f"{root / 'manipulated_sequences'} must hold at least one method folder with "
+            f"<Method>/{compression}/{layout}, but it holds none; download a manipulation method, "
+            f"or check data.compression and data.backend"
+        )
+    tqdm.write(f"indexing methods present: {', '.join(present)}", file=sys.stderr)
+    return present
+
+
 def _check_root(root: Path) -> None:
     if not root.is_dir():
         raise DataError(
@@ -238,15 +284,20 @@ def _check_root(root: Path) -> None:
 
 def index_ffpp(
     root: Path,
-    methods: Sequence[str],
+    methods: Sequence[str] | None = None,
     compression: str = "c23",
-    backend: str = "decord",
+    backend: str = "auto",
     min_frames: int = 8,
     progress: bool = True,
 ) -> IndexResult:
-    """Index an FF++-layout tree: every real and fake video with its split, skipping unreadable ones."""
+    """Index an FF++-layout tree: every real and fake video with its split, skipping unreadable ones.
+
+    `methods` None takes every method present under manipulated_sequences/; a method named that is
+    missing is an error.
+    """
     root = Path(root).resolve()
     _check_root(root)
+    methods = _resolve_methods(root, methods, compression, backend)
     rows, skipped = _ffpp_rows(root, methods, compression, backend)
     kept, bad = _probe_rows(rows, backend, min_frames, progress)
     skipped += bad
@@ -306,7 +357,7 @@ def read_manifest_csv(path: Path, min_frames: int = 8, progress: bool = True) ->
         raise DataError(leaks[0], leaks)
     kept, skipped = [], []
     for row in rows:  # a folder in the CSV is a folder of extracted frames
-        backend = "frames" if Path(row["path"]).is_dir() else "decord"
+        backend = "frames" if Path(row["path"]).is_dir() else "auto"
         k, s = _probe_rows([row], backend, min_frames, progress=False)
         kept += k
         skipped += s
@@ -333,20 +384,24 @@ def _file_stamps(root: Path, paths: Iterable[Path]) -> list[tuple[str, int, int]
 
 
 def _cache_key(root: Path, methods: Sequence[str], compression: str, backend: str, min_frames: int) -> str:
+    """Changes with any video or split file of the given (resolved) methods, so a method added later re-indexes."""
     folders = [_sequence_path(root / "original_sequences" / "youtube", compression, backend)]
     folders += [_sequence_path(root / "manipulated_sequences" / m, compression, backend) for m in methods]
     files = [_video_path(f, s, backend) for f in folders for s in _list_stems(f, backend)]
     files += sorted((root / "splits").glob("*.json"))
-    key = json.dumps([_CACHE_VERSION, str(root), list(methods), compression, backend, min_frames,
+    # Every video backend probes the same container metadata: only the layout (videos or frame folders) matters.
+    layout = "frames" if backend == "frames" else "videos"
+    key = json.dumps([_CACHE_VERSION, str(root), list(methods), compression, layout, min_frames,
                       _file_stamps(root, files)])
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def _cached_index_ffpp(root: Path, methods: Sequence[str], compression: str, backend: str, min_frames: int,
+def _cached_index_ffpp(root: Path, methods: Sequence[str] | None, compression: str, backend: str, min_frames: int,
                        progress: bool) -> pd.DataFrame:
     """index_ffpp, reusing `<root>/.harness_manifest_<hash>.csv` while no video or split file changed."""
     root = Path(root).resolve()
     _check_root(root)
+    methods = _resolve_methods(root, methods, compression, backend)
     cache = root / f".harness_manifest_{_cache_key(root, methods, compression, backend, min_frames)}.csv"
     skipped_file = cache.with_suffix(".skipped.json")
     if cache.is_file() and skipped_file.is_file():
@@ -372,8 +427,9 @@ def build_manifest(data_cfg: DataConfig, progress: bool = True) -> pd.DataFrame:
     if data_cfg.source == "synthetic":
         from harness.data.synth import ensure_synthetic
 
-        if data_cfg.backend != "decord":
-            raise DataError(f"data.source=synthetic writes mp4 videos, so data.backend must be decord, but got {data_cfg.backend}")
+        if data_cfg.backend == "frames":
+            raise DataError("data.source=synthetic writes mp4 videos, so data.backend must be a video decoder "
+                            "(auto, decord, pyav or torchcodec), but got frames")
 
         root = ensure_synthetic(data_cfg, progress)
         methods = data_cfg.synthetic.methods
