@@ -76,19 +76,38 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 # --- index -----------------------------------------------------------------------------------
 def _index_args(p: argparse.ArgumentParser) -> None:
+    class SchemaBackends:
+        """data.backend's choices, read from the schema only when argparse checks or shows them:
+        importing the schema while building the parser would slow every command's start."""
+
+        def _names(self) -> tuple[str, ...]:
+            from typing import get_args
+
+            from harness.config.schema import DataConfig
+
+            return get_args(DataConfig.model_fields["backend"].annotation)
+
+        def __contains__(self, name: object) -> bool:
+            return name in self._names()
+
+        def __iter__(self):
+            return iter(self._names())
+
     p.add_argument("--root", type=Path, required=True, help="FaceForensics++ folder (original_sequences/, manipulated_sequences/, splits/)")
     p.add_argument("--out", type=Path, required=True, help="manifest CSV to write")
-    p.add_argument("--methods", nargs="+", default=None, help="manipulation methods to include (default: all five)")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="manipulation methods to include (default: every method present under manipulated_sequences/)")
     p.add_argument("--compression", default="c23", help="c0, c23 or c40 (default c23)")
-    p.add_argument("--backend", choices=["decord", "frames"], default="decord", help="videos, or extracted frame folders")
+    p.add_argument("--backend", choices=SchemaBackends(), metavar="BACKEND", default="auto",
+                   help="%(choices)s (default %(default)s): any video decoder indexes video files, frames indexes "
+                        "extracted frame folders")
     p.add_argument("--min-frames", type=int, default=8, help="skip videos with fewer frames")
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from harness.config.schema import FFPP_METHODS
     from harness.data.index import index_ffpp, write_manifest
 
-    result = index_ffpp(args.root, args.methods or list(FFPP_METHODS), args.compression, args.backend, args.min_frames)
+    result = index_ffpp(args.root, args.methods, args.compression, args.backend, args.min_frames)
     write_manifest(result.manifest, args.out)
     counts = result.manifest.groupby(["split", "label"]).size().unstack(fill_value=0)
     print(f"wrote {len(result.manifest)} videos to {args.out} ({len(result.skipped)} skipped)")
@@ -112,9 +131,11 @@ def cmd_cache(args: argparse.Namespace) -> int:
     stats = build_cache(manifest, cfg.data, progress=not args.quiet)
     print(f"frame cache {frame_cache_for(cfg.data).dir}: {stats.videos} videos ({stats.decoded} decoded now, "
           f"{stats.reused} already cached), {stats.bytes / 2**20:.1f} MiB, {stats.seconds:.1f} s")
+    if stats.face_boxes is not None:
+        print(f"face boxes (smoothed, original pixels): {stats.face_boxes}")
     if stats.failed:
-        print(f"{len(stats.failed)} video(s) failed to decode and were left out (training skips them too): "
-              + ", ".join(stats.failed))
+        why = "failed to decode or showed no face" if cfg.data.face_crop else "failed to decode"
+        print(f"{len(stats.failed)} video(s) {why} and were left out (training skips them too): " + ", ".join(stats.failed))
     if not cfg.data.cache:
         print("note: data.cache is false in this config, so runs with it decode every clip instead of reading this cache")
     return 0

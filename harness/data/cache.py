@@ -1,17 +1,23 @@
-"""The frame cache: each video decoded once, resized to the model's input, kept as a memory-mapped uint8 array.
+"""The frame cache: each video decoded once, resized to the model's input, kept on disk as raw or encoded frames.
 
-A sweep reads the same videos trials x epochs times; decoding an h264 clip costs tens of
-milliseconds, copying it out of a memory map a fraction of one. One `.npy` file per video holds
-every stored frame (every `stride`-th), (n_stored, size, size, 3) uint8, written through the same
-reader a run without the cache uses, so cached frames equal freshly decoded ones.
+A sweep reads the same videos trials x epochs times; decoding an h264 clip from its keyframe costs
+hundreds of milliseconds at 720p, reading it from the cache a few. One entry per video holds every
+stored frame (every `stride`-th), (n_stored, size, size, 3) uint8, written through the same reader a
+run without the cache uses. `data.cache_format` picks how (see harness/data/frame_codec.py): `raw`
+is a memory-mapped `.npy`, so cached frames equal freshly decoded ones; `jpeg`/`webp` store one image
+per frame at `data.cache_quality` in one file with an offset table, 10-40x smaller and still read ~100x
+faster than the video is decoded (bench/cache_formats.py: full FF++ c23 as 224 px face crops needs
+~460 GB raw, ~30 GB as jpeg q90).
 
-Layout: `<cache_dir>/v1-<backend>-<size>px-stride<k>/<hash of the video path>/<file size>-<mtime ns>.npy`,
-with cache_dir `data.cache_dir` or else `<data.root>/.harness_frame_cache`.
-A changed video gets a new name (and the stale entry is removed), so nothing is served stale.
+Layout: `<cache_dir>/v2-<backend>-<size>px-stride<k>-<raw|jpeg-q<Q>|webp-q<Q>>/<hash of the video path>/
+<file size>-<mtime ns>.npy|.frames`, with cache_dir `data.cache_dir` or else `<data.root>/.harness_frame_cache`.
+A changed video gets a new name (and the stale entry is removed), and another format or quality another
+folder, so nothing is served stale.
 Each video has its own lock: of two processes building one cache, one decodes a video while the
 other skips to the next one and later reads what the first wrote. Entries are written to a
-temporary file and renamed, so a reader never sees half an entry. Every decode appends one line
-to `decodes.log`, which is how a sweep proves it decoded each video once.
+temporary file and renamed, so a reader never sees half an entry; the temporary file of a writer
+that was killed is removed by the next one. Every decode appends one line to `decodes.log`, which is
+how a sweep proves it decoded each video once.
 """
 
 from __future__ import annotations
@@ -33,14 +39,17 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from harness.config.schema import DataConfig
-from harness.data.readers import FrameReader, _LRU, make_reader
+from harness.data.frame_codec import (FRAME_FORMATS, FrameFile, entry_suffix, estimate_frame_bytes, open_frame_file,
+                                      open_frame_writer)
+from harness.data.face_crops import FACE_BOXES_FILE, face_box_store_for, reader_for, write_face_boxes_csv
+from harness.data.readers import FrameReader, _LRU, resolve_backend
 from harness.errors import DataError
 
-__all__ = ["FrameCache", "CachedReader", "CacheStats", "frame_cache_for", "build_cache", "snap_to_stride", "DEFAULT_CACHE_FOLDER"]
+__all__ = ["FrameCache", "CachedReader", "CacheStats", "frame_cache_for", "build_cache", "cache_root", "snap_to_stride", "DEFAULT_CACHE_FOLDER"]
 
 log = logging.getLogger(__name__)
 
-_VERSION = 1
+_VERSION = 2  # 2: the format and quality joined the folder name; jpeg/webp entries
 _CHUNK = 64  # frames decoded per read while filling an entry: bounds memory for long videos
 _DECODE_LOG = "decodes.log"
 
@@ -58,20 +67,33 @@ class CacheStats:
     reused: int  # already in the cache (or written meanwhile by another process)
     bytes: int  # size of the entries of these videos on disk
     seconds: float
-    failed: tuple[str, ...] = ()  # videos that failed to decode: left out, and skipped by training too
+    failed: tuple[str, ...] = ()  # videos that failed to decode (or showed no face): left out, and skipped by training too
+    face_boxes: Path | None = None  # face_boxes.csv of a face-crop cache
 
 
 class FrameCache:
-    """Entries of one (backend, size, stride) setting under `root`; safe to share between processes."""
+    """Entries of one (backend, size, stride, format, quality) setting under `root`; safe to share between processes.
 
-    def __init__(self, root: Path, size: int, stride: int = 1, backend: str = "decord") -> None:
+    `frame_format` is raw (exact), jpeg or webp (at `quality`, 1..100, which raw ignores).
+    """
+
+    def __init__(self, root: Path, size: int, stride: int = 1, backend: str = "decord", frame_format: str = "raw",
+                 quality: int = 90, variant: str = "") -> None:
         if size < 1 or stride < 1:
             raise DataError(f"cache size and stride must be >= 1, but got size={size}, stride={stride}")
+        if frame_format not in FRAME_FORMATS or not 1 <= quality <= 100:
+            raise DataError(f"data.cache_format must be one of {', '.join(FRAME_FORMATS)} and data.cache_quality in "
+                            f"1..100, but got {frame_format!r} and {quality}")
         self.root = Path(root)
         self.size = size
         self.stride = stride
         self.backend = backend
-        self.dir = self.root / f"v{_VERSION}-{backend}-{size}px-stride{stride}"
+        self.frame_format = frame_format
+        self.quality = quality
+        stored_as = "raw" if frame_format == "raw" else f"{frame_format}-q{quality}"
+        # `variant` names what the frames are of (e.g. face crops and their setting); empty for whole frames.
+        self.dir = self.root / f"v{_VERSION}-{backend}-{size}px-stride{stride}-{stored_as}{'-' + variant if variant else ''}"
+        self._suffix = entry_suffix(frame_format)
 
     def __repr__(self) -> str:
         return f"FrameCache({str(self.dir)!r})"
@@ -80,7 +102,8 @@ class FrameCache:
         return -(-n_frames // self.stride)  # frames 0, k, 2k, ... below n_frames
 
     def frame_bytes(self) -> int:
-        return self.size * self.size * 3
+        """Disk bytes per stored frame: exact for raw, a conservative estimate for jpeg/webp (see frame_codec)."""
+        return estimate_frame_bytes(self.frame_format, self.quality, self.size, self.size)
 
     def _video_dir(self, video: str) -> Path:
         return self.dir / hashlib.sha1(os.path.abspath(video).encode()).hexdigest()[:20]
@@ -93,7 +116,7 @@ class FrameCache:
             raise DataError(f"{video} must exist to be cached, but: {error.strerror}") from None
         # A frame folder's mtime changes when images are added or removed; its size is not meaningful.
         size = 0 if os.path.isdir(video) else st.st_size
-        return self._video_dir(video) / f"{size}-{st.st_mtime_ns}.npy"
+        return self._video_dir(video) / f"{size}-{st.st_mtime_ns}{self._suffix}"
 
     def has(self, video: str) -> bool:
         return self.entry_path(video).is_file()
@@ -128,32 +151,42 @@ class FrameCache:
                 return None
             if entry.is_file():  # built by the process we waited for
                 return False
+            # Under the lock no other writer of this video is alive, so temporary files here are a killed writer's.
+            for orphan in entry.parent.glob(".*.tmp*"):
+                orphan.unlink(missing_ok=True)
             self._write_entry(video, n_frames, entry, reader)
             return True
 
     def _write_entry(self, video: str, n_frames: int, entry: Path, reader: FrameReader) -> None:
         stored = np.arange(0, n_frames, self.stride)
-        tmp = entry.with_name(f".{entry.stem}.{os.getpid()}.tmp.npy")
+        tmp = entry.with_name(f".{entry.stem}.{os.getpid()}.tmp{entry.suffix}")
+        out = None
         try:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(stored), self.size, self.size, 3))
+            out = open_frame_writer(tmp, self.frame_format, self.quality, len(stored), self.size, self.size)
             for start in range(0, len(stored), _CHUNK):
-                out[start:start + _CHUNK] = reader.read(video, stored[start:start + _CHUNK], self.size)
-            out.flush()
-            del out
+                out.append(reader.read(video, stored[start:start + _CHUNK], self.size))
+            out.finish()
             os.replace(tmp, entry)
         except BaseException:
+            if out is not None:
+                out.abort()
             tmp.unlink(missing_ok=True)
             raise
-        for stale in entry.parent.glob("*.npy"):  # entries of earlier versions of this file
+        for stale in entry.parent.glob(f"[!.]*{self._suffix}"):  # entries of earlier versions of this file
             if stale != entry:
                 stale.unlink(missing_ok=True)
         # O_APPEND writes this short must not interleave, so concurrent builders share one log.
         with open(self.dir / _DECODE_LOG, "a") as log:
             log.write(f"{time.time():.3f}\t{os.getpid()}\t{os.path.abspath(video)}\n")
 
+    def open_entry(self, entry: Path) -> FrameFile:
+        """An entry (a path from `entry_path`) opened for reading; FileNotFoundError if absent."""
+        return open_frame_file(entry, self.frame_format)
+
     def load(self, video: str) -> np.ndarray:
-        """The whole entry as a read-only memory map (n_stored, size, size, 3); FileNotFoundError if absent."""
-        return np.load(self.entry_path(video), mmap_mode="r")
+        """Every stored frame (n_stored, size, size, 3): a read-only memory map for raw, decoded for jpeg/webp;
+        FileNotFoundError if absent."""
+        return self.open_entry(self.entry_path(video)).read_all()
 
     def decode_counts(self, since: float = 0.0) -> Counter:
         """How often each video was decoded into this cache since `since` (a time.time() value)."""
@@ -169,7 +202,7 @@ class FrameCache:
 
     def disk_bytes(self) -> int:
         """Bytes of every entry under this setting's folder."""
-        return sum(p.stat().st_size for p in self.dir.glob("*/*.npy")) if self.dir.is_dir() else 0
+        return sum(p.stat().st_size for p in self.dir.glob(f"*/[!.]*{self._suffix}")) if self.dir.is_dir() else 0
 
 
 class CachedReader:
@@ -182,7 +215,8 @@ class CachedReader:
         self.cache = cache
         self.decoder = decoder
         self.n_frames = n_frames
-        # Open memory maps per process, keyed by entry (so a changed video opens its new entry).
+        # Open entries (memory maps) per process, keyed by entry (so a changed video opens its new entry);
+        # _LRU drops them after a fork, so no loader worker reads through its parent's maps.
         self._maps = _LRU(open_maps)
 
     def read(self, path: str, indices: np.ndarray, size: int) -> np.ndarray:
@@ -190,33 +224,48 @@ class CachedReader:
             raise DataError(f"a read from {self.cache} must ask for size {self.cache.size}, but got {size}")
         entry = self.cache.entry_path(path)
         try:
-            frames = self._maps.get(entry, lambda: np.load(entry, mmap_mode="r"))
+            frames = self._maps.get(entry, lambda: self.cache.open_entry(entry))
         except FileNotFoundError:
             if path not in self.n_frames:
                 raise DataError(f"{path} must be in the manifest to be cached, but it is not") from None
             self.cache.ensure(path, self.n_frames[path], self.decoder)
             entry = self.cache.entry_path(path)
-            frames = self._maps.get(entry, lambda: np.load(entry, mmap_mode="r"))
+            frames = self._maps.get(entry, lambda: self.cache.open_entry(entry))
         positions = np.asarray(indices, dtype=np.int64) // self.cache.stride
         if positions.size and (positions.min() < 0 or positions.max() >= len(frames)):
             raise DataError(f"frame indices of {path} must lie in [0, {len(frames) * self.cache.stride}), but got {indices}")
-        return frames[positions]  # fancy indexing copies: (T, size, size, 3) uint8
+        return frames.read(positions)  # (T, size, size, 3) uint8, a copy
 
 
 DEFAULT_CACHE_FOLDER = ".harness_frame_cache"
 
 
-def frame_cache_for(data_cfg: DataConfig) -> FrameCache:
-    """The cache a config reads from: data.cache_dir, else beside the data (its size, stride and backend pick the folder)."""
+def cache_root(data_cfg: DataConfig) -> Path:
+    """Where a config's caches live: data.cache_dir, else a folder beside the data."""
     root = data_cfg.cache_dir
     if root is None:
         # Beside the data, like the manifest cache: the same videos share one cache whatever the working folder.
         base = Path(data_cfg.manifest).parent if data_cfg.source == "csv" and data_cfg.manifest else Path(data_cfg.root)
         root = base / DEFAULT_CACHE_FOLDER
-    return FrameCache(Path(root).resolve(), data_cfg.input_size, data_cfg.cache_stride, data_cfg.backend)
+    return Path(root).resolve()
+
+
+def frame_cache_for(data_cfg: DataConfig) -> FrameCache:
+    """The cache a config reads from: data.cache_dir, else beside the data (its size, stride, backend, format and
+    quality pick the folder)."""
+    # The resolved name ("auto" -> decord or pyav): "auto" and the backend it picks share one cache.
+    backend = resolve_backend(data_cfg.backend)
+    variant = ""
+    if data_cfg.face_crop:
+        from harness.data.face_crops import face_setting_tag
+
+        variant = f"face{data_cfg.face.margin:g}-{face_setting_tag(data_cfg.face)}"
+    return FrameCache(cache_root(data_cfg), data_cfg.input_size, data_cfg.cache_stride, backend,
+                      data_cfg.cache_format, data_cfg.cache_quality, variant)
 
 
 def _check_disk(cache: FrameCache, missing: pd.DataFrame) -> None:
+    # jpeg/webp sizes depend on the content, so their need is an upper bound (FrameCache.frame_bytes).
     need = int(sum(cache.n_stored(int(n)) for n in missing["n_frames"])) * cache.frame_bytes()
     try:
         cache.dir.mkdir(parents=True, exist_ok=True)
@@ -228,10 +277,12 @@ def _check_disk(cache: FrameCache, missing: pd.DataFrame) -> None:
         ) from None
     free = shutil.disk_usage(cache.dir).free
     if need > 0.95 * free:
+        bound = "" if cache.frame_format == "raw" else f", a high estimate for {cache.frame_format} q{cache.quality}"
         raise DataError(
-            f"the frame cache must fit on disk, but it needs {need / 2**30:.1f} GiB under {cache.dir} and only "
-            f"{free / 2**30:.1f} GiB are free; raise data.cache_stride, point data.cache_dir at a larger disk, "
-            f"or set data.cache=false"
+            f"the frame cache must fit on disk, but it needs {need / 2**30:.1f} GiB under {cache.dir} "
+            f"({cache.frame_bytes() / 1024:.1f} KiB per frame{bound}) and only {free / 2**30:.1f} GiB are free; "
+            f"raise data.cache_stride, set data.cache_format to jpeg or webp or lower data.cache_quality, "
+            f"point data.cache_dir at a larger disk, or set data.cache=false"
         )
 
 
@@ -249,7 +300,8 @@ def build_cache(
     missing = rows[[not cache.has(str(p)) for p in rows["path"]]]
     if not missing.empty:
         _check_disk(cache, missing)
-    reader = reader or make_reader(data_cfg.backend)  # the reader a run without the cache would use
+    # The reader a run without the cache would use: whole frames, or face crops with data.face_crop.
+    reader = reader or reader_for(data_cfg, dict(zip(rows["path"].astype(str), rows["n_frames"].astype(int))))
     decoded, deferred, failed = 0, [], []
     bar = tqdm(total=len(rows), initial=len(rows) - len(missing), desc=f"frame cache {cache.size}px",
                unit="video", disable=not progress or missing.empty)
@@ -275,6 +327,11 @@ def build_cache(
         bar.update(1)
     bar.close()
     size = sum(cache.entry_path(str(p)).stat().st_size for p in rows["path"] if str(p) not in failed)
+    face_boxes = None
+    if data_cfg.face_crop:
+        # Written whole after every video's boxes are known, so it always matches the crops in this folder.
+        face_boxes = cache.dir / FACE_BOXES_FILE
+        write_face_boxes_csv(manifest, face_box_store_for(data_cfg), face_boxes)
     return CacheStats(len(rows), decoded, len(rows) - decoded - len(failed), size, time.perf_counter() - start,
-                      tuple(failed))
+                      tuple(failed), face_boxes)
 

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Weight
 from harness.config.schema import DataConfig
 from harness.data.augment import ClipAugment
 from harness.data.cache import CachedReader, frame_cache_for, snap_to_stride
-from harness.data.readers import make_reader
+from harness.data.face_crops import reader_for
 from harness.data.sampling import clip_span, sample_segment_indices, spread_window_starts
 from harness.errors import DataError
 
@@ -52,9 +52,9 @@ class ClipDataset(Dataset):
         self._n_frames = self.manifest["n_frames"].astype(int).to_numpy()
         self._spans = [clip_span(fps, data_cfg.clip_seconds) for fps in self.manifest["fps"].astype(float)]
         self._stride = data_cfg.cache_stride
-        self._reader = make_reader(data_cfg.backend)
+        n_frames = dict(zip(self._paths, self._n_frames.tolist()))
+        self._reader = reader_for(data_cfg, n_frames)  # whole frames, or face crops with data.face_crop
         if data_cfg.cache:
-            n_frames = dict(zip(self._paths, self._n_frames.tolist()))
             self._reader = CachedReader(frame_cache_for(data_cfg), self._reader, n_frames)
         self._augment = ClipAugment(data_cfg.augment) if train else None
         # Shared memory: persistent DataLoader workers hold copies of this dataset, and must still see
