@@ -280,3 +280,19 @@ def test_a_method_downloaded_later_is_indexed_when_methods_is_null(tree: Path, s
     shutil.copytree(synthetic_root / "manipulated_sequences" / "NeuralTextures", tree / "manipulated_sequences" / "NeuralTextures")
     df = build_manifest(cfg, progress=False)
     assert len(df) == 30 and "NeuralTextures" in set(df["method"])  # a new key, not the 24-video cache
+
+
+def test_a_real_download_s_extra_folders_and_macos_litter_are_left_out(tree: Path, capsys: pytest.CaptureFixture) -> None:
+    # FF++'s download script also fetches DeepFakeDetection (actor videos, other names); a copy made on a
+    # Mac leaves "._NNN.mp4" resource forks and .DS_Store files beside the videos.
+    dfd = tree / "manipulated_sequences" / "DeepFakeDetection" / "c23" / "videos"
+    dfd.mkdir(parents=True)
+    (dfd / "01_02__exit_phone_room__YVGY8LOK.mp4").write_bytes(b"\0" * 64)
+    real = tree / "original_sequences" / "youtube" / "c23" / "videos"
+    (real / "._000.mp4").write_bytes(b"\0" * 64)
+    (real / ".DS_Store").write_bytes(b"\0" * 64)
+    result = index_ffpp(tree, None, progress=False)
+    err = capsys.readouterr().err
+    assert "not indexing DeepFakeDetection" in err and "name it in data.methods" in err
+    assert "DeepFakeDetection" not in set(result.manifest["method"])
+    assert result.skipped == [] and len(result.manifest) == 6 + 5 * 6

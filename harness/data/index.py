@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from harness.config.schema import DataConfig
+from harness.config.schema import FFPP_METHODS, DataConfig
 from harness.errors import DataError
 
 __all__ = [
@@ -178,9 +178,11 @@ def _sequence_path(folder: Path, compression: str, backend: str) -> Path:
 def _list_stems(folder: Path, backend: str) -> list[str]:
     if not folder.is_dir():
         return []
+    # Hidden entries are never videos: macOS copies leave "._000.mp4" resource forks and .DS_Store beside them.
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
     if backend == "frames":
-        return sorted(p.name for p in folder.iterdir() if p.is_dir())
-    return sorted(p.stem for p in folder.iterdir() if p.suffix == ".mp4")
+        return sorted(p.name for p in entries if p.is_dir())
+    return sorted(p.stem for p in entries if p.suffix == ".mp4")
 
 
 def _video_path(folder: Path, stem: str, backend: str) -> Path:
@@ -252,10 +254,19 @@ def _ffpp_rows(root: Path, methods: Sequence[str], compression: str, backend: st
 
 
 def _methods_present(root: Path, compression: str, backend: str) -> list[str]:
-    """Method folders under manipulated_sequences/ holding at least one video of this compression and layout."""
+    """FF++'s method folders under manipulated_sequences/ holding at least one video of this compression and layout.
+
+    Other folders are named and left out: FF++'s download script also fetches DeepFakeDetection (Google's
+    actor videos, fakes of original_sequences/actors, named unlike TTT_SSS), which is a separate data set.
+    """
     folder = root / "manipulated_sequences"
-    methods = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-    return [m for m in methods if _list_stems(_sequence_path(folder / m, compression, backend), backend)]
+    found = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) if folder.is_dir() else []
+    present = [m for m in found if _list_stems(_sequence_path(folder / m, compression, backend), backend)]
+    others = [m for m in present if m not in FFPP_METHODS]
+    if others:
+        _warn(f"not indexing {', '.join(others)} under {folder}: not one of FF++'s methods of the youtube videos "
+              f"({', '.join(FFPP_METHODS)}); name it in data.methods (or --methods) to index it anyway")
+    return [m for m in present if m in FFPP_METHODS]
 
 
 def _resolve_methods(root: Path, methods: Sequence[str] | None, compression: str, backend: str) -> list[str]:
