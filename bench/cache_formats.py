@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +28,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: spinning threads stall a busy 2-core box
 
 import numpy as np
+from machine import cpu_description  # bench/machine.py: scripts run from bench/
 from PIL import Image
 
 from harness.data.cache import CachedReader, FrameCache
@@ -40,21 +39,6 @@ FFPP_FRAMES = 3_060_000  # (1000 real + 5 x 1000 fake videos) x ~510 frames, eve
 FACE_BOX = (175, 75, 270, 172)  # x0, y0, x1, y1 of the face in skimage.data.astronaut() (512 x 512)
 FORMATS = [("raw", 0), ("jpeg", 85), ("jpeg", 90), ("jpeg", 95), ("webp", 80), ("webp", 90)]
 SIZE, WIDTH, HEIGHT, FPS, CLIP_FRAMES, CLIP_SPAN = 224, 1280, 720, 25, 8, 50  # a clip: 8 frames over 2 s
-
-
-def cpu_description() -> str:
-    """The CPU's model name and whether it has AVX-512 and AMX (libjpeg-turbo and x264 use the former)."""
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown CPU (lscpu failed)"
-    name = re.search(r"Model name:\s*(.+)", text)
-    flags = set(re.search(r"Flags:\s*(.+)", text).group(1).split()) if "Flags:" in text else set()
-    avx512 = sorted(f for f in flags if f.startswith("avx512"))
-    amx = sorted(f for f in flags if f.startswith("amx"))
-    return (f"{name.group(1).strip() if name else 'unknown CPU'}, {os.cpu_count()} CPUs; "
-            f"avx512: {'yes (' + str(len(avx512)) + ' flags, e.g. ' + ', '.join(avx512[:3]) + ')' if avx512 else 'no'}; "
-            f"amx: {'yes (' + ', '.join(amx) + ')' if amx else 'no'}")
 
 
 def make_video(path: Path, n_frames: int) -> np.ndarray:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_description  # bench/machine.py: scripts run from bench/
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -38,21 +38,8 @@ from harness.data.index import index_ffpp, probe_video  # noqa: E402
 from harness.data.readers import make_reader  # noqa: E402
 from harness.errors import DataError  # noqa: E402
 
-SHOWN_FLAGS = ("avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 FPS = 25
 METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures", "FaceShifter")
-
-
-def cpu_description() -> str:
-    """`lscpu`'s model name and core count, and which AVX-512/AMX flags the CPU has."""
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown CPU (no lscpu)"
-    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in text.splitlines())}
-    flags = set(fields.get("Flags", "").split())
-    shown = ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in SHOWN_FLAGS)
-    return f"{fields.get('Model name', '?')}, {fields.get('CPU(s)', '?')} CPUs; {shown}"
 
 
 def write_video(path: Path, width: int, height: int, frames: int, preset: str, seed: int) -> None:

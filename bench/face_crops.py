@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +24,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: spinning threads stall a busy 2-core box
 
 import numpy as np
+from machine import cpu_description  # bench/machine.py: scripts run from bench/
 
 from harness.config.schema import FaceConfig
 from harness.data.cache import FrameCache
@@ -38,19 +37,6 @@ from harness.data.readers import make_reader, resolve_backend
 FFPP_FRAMES = 3_060_000  # (1000 real + 5 x 1000 fake videos) x ~510 frames
 
 
-def cpu_name() -> str:
-    """lscpu's model name with whether AVX-512 and AMX are there: figures only compare on one CPU."""
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown CPU"
-    name = re.search(r"Model name:\s*(.+)", text)
-    flags = re.search(r"Flags:\s*(.+)", text)
-    flags = set(flags.group(1).split()) if flags else set()
-    return (f"{name.group(1).strip() if name else 'unknown CPU'}, {os.cpu_count()} CPUs, "
-            f"avx512f {'yes' if 'avx512f' in flags else 'no'}, amx {'yes' if 'amx_tile' in flags else 'no'}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=250, help="frames of the test video (25 fps)")
@@ -58,30 +44,37 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=720)
     parser.add_argument("--detectors", nargs="+", default=["dlib_hog", "opencv_haar"])
     parser.add_argument("--backend", default="auto", help="decoder (auto, decord, pyav, torchcodec)")
+    parser.add_argument("--detect-sizes", nargs="+", type=int, default=[640, 1280],
+                        help="data.face.detect_size values to compare (longer side the detector sees)")
+    parser.add_argument("--face-px", type=float, default=165.0,
+                        help="mean face height (hairline to chin) in pixels at 720p; scaled with --height")
     args = parser.parse_args()
 
     backend = resolve_backend(args.backend)
-    print(f"CPU: {cpu_name()}; decoder {backend}; video {args.width}x{args.height}, {args.frames} frames")
+    print(f"CPU: {cpu_description()}; decoder {backend}; video {args.width}x{args.height}, {args.frames} frames")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        # The head is 250 px tall at scale 1: scale it so the face is about a sixth of the frame height, like FF++.
-        scale = args.height / 720 * 0.9
+        # At scale 1 the face is 97 px tall; +-12 % around the asked size, scaled with the frame height.
+        scale = args.face_px / 97 * args.height / 720
         frames, truth = face_video(head_image(), args.frames, args.width, args.height, np.random.default_rng(0),
-                                   scale=(scale, 1.3 * scale))
+                                   scale=(0.88 * scale, 1.12 * scale))
+        heights = truth[:, 3] - truth[:, 1]
+        print(f"face height {heights.min():.0f}-{heights.max():.0f} px")
         video = tmp / "face.mp4"
         write_video(video, frames, 25.0)
         n = len(frames)
         del frames
         decoder = make_reader(backend)
         rows = []
-        for detector_name in args.detectors:
-            cfg = FaceConfig(detector=detector_name)
+        for detector_name, detect_size in [(d, s) for d in args.detectors for s in args.detect_sizes]:
+            cfg = FaceConfig(detector=detector_name, detect_size=detect_size)
+            detector_name = f"{detector_name}@{detect_size}"
             detector = make_detector(cfg)
             start = time.perf_counter()
             faces = find_faces(decoder, str(video), n, cfg, detector)
             detect_s = time.perf_counter() - start
             if not faces.found:
-                rows.append(f"{detector_name:12s} found a face in {faces.detected_fraction:.0%} of detection frames: no crops")
+                rows.append(f"{detector_name:17s} found a face in {faces.detected_fraction:.0%} of detection frames: no crops")
                 continue
             store = FaceBoxStore(tmp / f"boxes-{detector_name}", cfg, backend)
             store.save(str(video), faces)
@@ -95,7 +88,7 @@ def main() -> None:
                 crop_s = time.perf_counter() - start
                 total = n / (detect_s + crop_s)
                 rows.append(
-                    f"{detector_name:12s} {fmt:5s} detect {detect_s:5.2f} s ({n / detect_s:6.1f} video frames/s, "
+                    f"{detector_name:17s} {fmt:5s} detect {detect_s:5.2f} s ({n / detect_s:6.1f} video frames/s, "
                     f"{len(np.arange(0, n, cfg.detect_every))} detections), crop+store {crop_s:5.2f} s ({n / crop_s:6.1f} frames/s), "
                     f"total {total:6.1f} frames/s -> FF++ c23 {FFPP_FRAMES / total / 3600:5.1f} h on one core; "
                     f"crop IoU min {iou.min():.2f} mean {iou.mean():.2f}; face track {faces.detected_fraction:.0%}"
