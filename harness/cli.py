@@ -118,6 +118,9 @@ def cmd_index(args: argparse.Namespace) -> int:
 # --- cache -----------------------------------------------------------------------------------
 def _cache_args(p: argparse.ArgumentParser) -> None:
     _add_config_args(p)
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes building at once, each taking other videos (default 1); face detection and "
+                        "decoding keep one core busy each, so use about one per core for a face-crop build")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -125,10 +128,13 @@ def cmd_cache(args: argparse.Namespace) -> int:
     from harness.config import load_config
     from harness.data.cache import build_cache, frame_cache_for
     from harness.data.index import build_manifest
+    from harness.errors import ConfigError
 
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, but got {args.workers}")
     cfg = load_config(args.config, args.overrides)
     manifest = build_manifest(cfg.data, progress=not args.quiet)
-    stats = build_cache(manifest, cfg.data, progress=not args.quiet)
+    stats = build_cache(manifest, cfg.data, progress=not args.quiet, workers=args.workers)
     print(f"frame cache {frame_cache_for(cfg.data).dir}: {stats.videos} videos ({stats.decoded} decoded now, "
           f"{stats.reused} already cached), {stats.bytes / 2**20:.1f} MiB, {stats.seconds:.1f} s")
     if stats.face_boxes is not None:

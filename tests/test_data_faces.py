@@ -152,12 +152,15 @@ def test_cache_then_train_on_a_real_face_ffpp_tree(tmp_path: Path, monkeypatch, 
             "data.clips_per_video_eval=1", "train.epochs=1", "train.batch_size=4", f"train.output_dir={tmp_path / 'runs'}"]
     config = ["--config", str(Path(__file__).resolve().parents[1] / "baseline.yaml")]
     overrides = [arg for item in sets for arg in ("--set", item)]
-    assert main(["cache", *config, *overrides, "--quiet"]) == 0
+    # Two builders (this process and a spawned helper) split the videos; each is decoded and cropped once.
+    assert main(["cache", *config, *overrides, "--quiet", "--workers", "2"]) == 0
     out = capsys.readouterr().out
-    assert "18 videos" in out and "face boxes" in out
+    assert "18 videos (18 decoded now, 0 already cached)" in out and "face boxes" in out
 
     boxes = list((root / ".harness_frame_cache").glob("*/face_boxes.csv"))
     assert len(boxes) == 1
+    decodes = (boxes[0].parent / "decodes.log").read_text().splitlines()
+    assert len(decodes) == 18 and len({line.split("\t")[2] for line in decodes}) == 18
     table = pd.read_csv(boxes[0])
     assert table["video_id"].nunique() == 18 and len(table) == 18 * 24
     assert table["video_id"].str.startswith(("youtube/", "Deepfakes/", "FaceSwap/")).all()

@@ -286,15 +286,32 @@ def _check_disk(cache: FrameCache, missing: pd.DataFrame) -> None:
         )
 
 
+def _build_in_helper(manifest: pd.DataFrame, data_cfg: DataConfig) -> None:
+    build_cache(manifest, data_cfg, progress=False, write_boxes=False)
+
+
 def build_cache(
-    manifest: pd.DataFrame, data_cfg: DataConfig, progress: bool = True, reader: FrameReader | None = None
+    manifest: pd.DataFrame, data_cfg: DataConfig, progress: bool = True, reader: FrameReader | None = None,
+    workers: int = 1, write_boxes: bool = True,
 ) -> CacheStats:
     """Decode every manifest video that is not cached yet; safe to run in several processes at once.
 
     Videos another process is building are skipped at first and waited for at the end, so two
     builders split the work instead of decoding the same videos. `reader` defaults to the backend's.
+    `workers` > 1 starts that many builders in all (this process and workers - 1 helpers): face
+    detection and decoding use one core each, so a face-crop build scales with the cores.
     """
     start = time.perf_counter()
+    helpers = []
+    if workers > 1:
+        import multiprocessing
+
+        # spawn: a fork would copy this process's open decoders and torch's thread pool.
+        context = multiprocessing.get_context("spawn")
+        helpers = [context.Process(target=_build_in_helper, args=(manifest, data_cfg), daemon=True)
+                   for _ in range(workers - 1)]
+        for helper in helpers:
+            helper.start()
     cache = frame_cache_for(data_cfg)
     rows = manifest[["path", "n_frames"]].drop_duplicates("path")
     missing = rows[[not cache.has(str(p)) for p in rows["path"]]]
@@ -326,9 +343,16 @@ def build_cache(
         decoded += int(ensure(path, n_frames, blocking=True))
         bar.update(1)
     bar.close()
+    for helper in helpers:  # every video is done once this process has waited for the deferred ones
+        helper.join()
+        if helper.exitcode:
+            log.warning("frame cache: a helper builder exited with code %s; this process built what it left", helper.exitcode)
+    if helpers:
+        # The helpers' decodes count as reused above; every video missing at the start and not failed is new.
+        decoded = len(missing) - len(failed)
     size = sum(cache.entry_path(str(p)).stat().st_size for p in rows["path"] if str(p) not in failed)
     face_boxes = None
-    if data_cfg.face_crop:
+    if data_cfg.face_crop and write_boxes:
         # Written whole after every video's boxes are known, so it always matches the crops in this folder.
         face_boxes = cache.dir / FACE_BOXES_FILE
         write_face_boxes_csv(manifest, face_box_store_for(data_cfg), face_boxes)
