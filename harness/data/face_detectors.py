@@ -49,7 +49,8 @@ class DlibHogDetector:
 
 
 class OpenCVHaarDetector:
-    """OpenCV's Viola-Jones cascade (haarcascade_frontalface_default); the score is the last stage's weight."""
+    """OpenCV's Viola-Jones cascade (haarcascade_frontalface_alt2: no false boxes on the empty test frames at 640 px,
+    where the default cascade drew 0.3 a frame); the score is the last stage's weight."""
 
     def __init__(self, cfg: FaceConfig) -> None:
         try:
@@ -63,7 +64,7 @@ class OpenCVHaarDetector:
                 f"OpenCV {cv2.__version__} ships none; {_INSTALL_HINT}"
             )
         self._cv2 = cv2
-        self._cascade = cv2.CascadeClassifier(folder + "haarcascade_frontalface_default.xml")
+        self._cascade = cv2.CascadeClassifier(folder + "haarcascade_frontalface_alt2.xml")
         self._threshold = cfg.min_score
 
     def detect(self, frame: np.ndarray) -> np.ndarray:
