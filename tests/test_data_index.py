@@ -296,3 +296,11 @@ def test_a_real_download_s_extra_folders_and_macos_litter_are_left_out(tree: Pat
     assert "not indexing DeepFakeDetection" in err and "name it in data.methods" in err
     assert "DeepFakeDetection" not in set(result.manifest["method"])
     assert result.skipped == [] and len(result.manifest) == 6 + 5 * 6
+
+
+def test_harness_index_refuses_an_unknown_backend_with_exit_2(tree: Path, capsys: pytest.CaptureFixture) -> None:
+    from harness.cli import main
+
+    assert main(["index", "--root", str(tree), "--out", str(tree.parent / "m.csv"), "--backend", "ffmpeg"]) == 2
+    assert "--backend must be one of auto, decord, pyav, torchcodec, frames, but got 'ffmpeg'" in capsys.readouterr().err
+    assert not (tree.parent / "m.csv").exists()

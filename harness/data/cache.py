@@ -41,7 +41,8 @@ from tqdm.auto import tqdm
 from harness.config.schema import DataConfig
 from harness.data.frame_codec import (FRAME_FORMATS, FrameFile, entry_suffix, estimate_frame_bytes, open_frame_file,
                                       open_frame_writer)
-from harness.data.face_crops import FACE_BOXES_FILE, face_box_store_for, reader_for, write_face_boxes_csv
+from harness.data.face_crops import (FACE_BOXES_FILE, face_box_store_for, face_setting_tag, reader_for,
+                                     write_face_boxes_csv)
 from harness.data.readers import FrameReader, _LRU, resolve_backend
 from harness.errors import DataError
 
@@ -256,9 +257,7 @@ def frame_cache_for(data_cfg: DataConfig) -> FrameCache:
     # The resolved name ("auto" -> decord or pyav): "auto" and the backend it picks share one cache.
     backend = resolve_backend(data_cfg.backend)
     variant = ""
-    if data_cfg.face_crop:
-        from harness.data.face_crops import face_setting_tag
-
+    if data_cfg.face_crop:  # crops of another margin or detection setting are other frames
         variant = f"face{data_cfg.face.margin:g}-{face_setting_tag(data_cfg.face)}"
     return FrameCache(cache_root(data_cfg), data_cfg.input_size, data_cfg.cache_stride, backend,
                       data_cfg.cache_format, data_cfg.cache_quality, variant)
