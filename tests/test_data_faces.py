@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -151,7 +153,7 @@ def test_face_boxes_csv_has_one_row_per_frame_in_original_pixels(tmp_path: Path)
 
 
 @pytest.mark.slow
-def test_cache_then_train_on_a_real_face_ffpp_tree(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_cache_then_train_on_a_real_face_ffpp_tree(tmp_path: Path, monkeypatch, capsys, caplog) -> None:
     """The README's real-data path on a generated FF++ tree of real-face videos: crops, boxes, a logged run."""
     from mlflow import MlflowClient
 
@@ -159,22 +161,32 @@ def test_cache_then_train_on_a_real_face_ffpp_tree(tmp_path: Path, monkeypatch, 
     from harness.data.face_synth import generate_face_tree
 
     root = generate_face_tree(tmp_path / "ffpp", n_sources=6, methods=("Deepfakes",), n_frames=16)
+    # One training fake shows no face: it must be skipped, warned about and counted, not crash anything.
+    a, b = json.loads((root / "splits" / "train.json").read_text())[0]
+    faceless = root / "manipulated_sequences" / "Deepfakes" / "c23" / "videos" / f"{a}_{b}.mp4"
+    frames, _ = face_video(head_image(), 16, 480, 360, np.random.default_rng(0))
+    write_video(faceless, np.broadcast_to(frames.mean(axis=(1, 2), keepdims=True).astype(np.uint8), frames.shape), 25.0)
     monkeypatch.chdir(tmp_path)
     sets = [f"data.root={root}", "data.face_crop=true", "data.input_size=64", "data.num_workers=0",
-            "data.clips_per_video_eval=1", "train.epochs=1", "train.batch_size=4", f"train.output_dir={tmp_path / 'runs'}"]
+            "data.clips_per_video_eval=1", "train.epochs=1", "train.batch_size=4", f"train.output_dir={tmp_path / 'runs'}",
+            "data.max_bad_fraction=0.25"]  # the faceless fake is 1 of the 4 training videos
     config = ["--config", str(Path(__file__).resolve().parents[1] / "baseline.yaml")]
     overrides = [arg for item in sets for arg in ("--set", item)]
     # Two builders (this process and a spawned helper) split the videos; each is decoded and cropped once.
-    assert main(["cache", *config, *overrides, "--quiet", "--workers", "2"]) == 0
+    with caplog.at_level(logging.WARNING, logger="harness.data.cache"):
+        assert main(["cache", *config, *overrides, "--quiet", "--workers", "2"]) == 0
     out = capsys.readouterr().out
-    assert "12 videos (12 decoded now, 0 already cached)" in out and "face boxes" in out
+    assert "12 videos (11 decoded now, 0 already cached)" in out and "face boxes" in out
+    assert f"1 video(s) failed to decode or showed no face and were left out (training skips them too): {faceless}" in out
+    assert [r.getMessage() for r in caplog.records if str(faceless) in r.getMessage()] != []
 
     boxes = list((root / ".harness_frame_cache").glob("*/face_boxes.csv"))
     assert len(boxes) == 1
     decodes = (boxes[0].parent / "decodes.log").read_text().splitlines()
-    assert len(decodes) == 12 and len({line.split("\t")[2] for line in decodes}) == 12
+    assert len(decodes) == 11 and len({line.split("\t")[2] for line in decodes}) == 11
     table = pd.read_csv(boxes[0])
-    assert table["video_id"].nunique() == 12 and len(table) == 12 * 16
+    assert table["video_id"].nunique() == 11 and len(table) == 11 * 16
+    assert f"Deepfakes/{a}_{b}" not in set(table["video_id"])
     assert table["video_id"].str.startswith(("youtube/", "Deepfakes/")).all()
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -95,7 +95,8 @@ class ClipDataset(Dataset):
         log.warning("skipping %s: %s", self._paths[video], str(error).splitlines()[0])
         if n_bad > self._max_bad:
             raise DataError(
-                f"{n_bad} of {len(self._paths)} videos failed to decode, more than data.max_bad_fraction allows "
+                f"{n_bad} of {len(self._paths)} videos could not be read (failed to decode, or showed no face with "
+                f"data.face_crop), more than data.max_bad_fraction allows "
                 f"({self._max_bad}); the latest: {self._paths[video]}. Check the files or re-index"
             )
 
