@@ -144,3 +144,10 @@ def test_cli_bad_config_exits_2_with_one_line_and_writes_nothing(tmp_path: Path,
     assert code == 2
     assert len(err) == 1 and "data.sampler=balanced" in err[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_data_paths_expand_the_home_folder() -> None:
+    from harness.config.schema import DataConfig
+
+    cfg = DataConfig(root="~/ffpp", cache_dir="~/cache", manifest="~/m.csv")
+    assert (cfg.root, cfg.cache_dir, cfg.manifest) == (Path.home() / "ffpp", Path.home() / "cache", Path.home() / "m.csv")

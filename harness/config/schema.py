@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
 __all__ = [
     "Config",
@@ -179,6 +179,12 @@ class DataConfig(_Section):
     )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+
+    @field_validator("root", "manifest", "cache_dir")
+    @classmethod
+    def _expand_home(cls, path: Path | None) -> Path | None:
+        # YAML and --set values are not seen by a shell, so "~/ffpp" would otherwise be a folder named "~".
+        return None if path is None else path.expanduser()
 
 
 class ModelConfig(_Section):
