@@ -68,7 +68,9 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
 
 def find_faces(decoder: FrameReader, path: str, n_frames: int, cfg: FaceConfig, detector: FaceDetector) -> VideoFaces:
     """Detect on every `cfg.detect_every`-th frame, keep the subject's track, smooth it over the video."""
-    sample_frames = np.arange(0, n_frames, cfg.detect_every)
+    # The last frame is always a detection frame: boxes beyond the last detection could only be held still,
+    # and a face that moves on through the final frames would leave its crop.
+    sample_frames = np.union1d(np.arange(0, n_frames, cfg.detect_every), [n_frames - 1])
     detections: list[np.ndarray] = []
     height = width = 0
     for start in range(0, len(sample_frames), _DETECT_CHUNK):
