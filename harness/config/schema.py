@@ -92,6 +92,10 @@ class AugmentConfig(_Section):
     color_jitter: list[float] | None = Field(
         None, description="brightness, contrast, saturation, hue (advice: [0.2, 0.2, 0.2, 0.1])"
     )
+    run_on: Literal["auto", "loader", "device"] = Field(
+        "auto", description="where clips are augmented: loader (per clip, in the loader workers), device (batched "
+        "on the training device, from the same per-clip draws); auto: device when training on CUDA, else loader"
+    )
 
     @model_validator(mode="after")
     def _jitter_has_four_values(self) -> AugmentConfig:
@@ -232,6 +236,10 @@ class TrainConfig(_Section):
         True, description="CUDA only: the model in channels_last memory format (measured 1.2-2x faster steps on an H200)"
     )
     max_train_batches: PositiveInt | None = Field(None, description="cap per epoch, for smoke runs")
+    clips_per_epoch: PositiveInt | None = Field(
+        None, description="an epoch is this many training clips drawn (seeded; stratified by label, or by the "
+        "balanced sampler when data.sampler=balanced) instead of one pass over every video; null: one pass"
+    )
     oom_backoff: bool = Field(
         True,
         description="on CUDA out-of-memory, halve batch_size and double grad_accum_steps (same effective batch) "
