@@ -246,6 +246,10 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus", default=None, metavar="LIST",
                    help="start one worker per GPU on this machine, e.g. --gpus 0,1 (each sees only its GPU through "
                         "CUDA_VISIBLE_DEVICES; they share the storage); their output is prefixed [gpu N]")
+    p.add_argument("--estimate", action="store_true",
+                   help="time a few training and validation steps of the first trial's config on this machine and "
+                        "print the sweep's predicted wall time (unpruned, and pruned as on the demo sweep), per worker "
+                        "and for --gpus; runs no trial and writes nothing to the study")
     _add_tracking_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress display")
 
@@ -264,6 +268,15 @@ def _worker_argv(args: argparse.Namespace) -> list[str]:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from harness.sweep.report import print_summary
     from harness.sweep.study import run_sweep
+
+    if args.estimate:
+        from harness.sweep.estimate import estimate_sweep, format_estimate
+        from harness.sweep.workers import parse_gpus
+
+        workers = len(parse_gpus(args.gpus)) if args.gpus else 1
+        estimate, cfg = estimate_sweep(args.space, args.trials, workers)
+        print(format_estimate(estimate, cfg))
+        return 0
 
     # An HTTP tracking server makes MLflow print two links per closed run, which would break the
     # progress display; the summary names the parent run instead.

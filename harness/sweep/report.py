@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,11 @@ class TrialBar:
         self.enabled = enabled
         self.state: dict[str, Any] = {}
         self.best: float | None = None
+        # The remaining time is extrapolated from the trials finished since this display started, so a
+        # resumed sweep does not count the trials an earlier run finished as instant.
+        self._first_done: int | None = None
+        self._started = time.monotonic()
+        self._done = 0
 
     def __enter__(self) -> TrialBar:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -37,7 +43,18 @@ class TrialBar:
         self.progress.__exit__(*exc)
 
     def set_done(self, done: int) -> None:
+        if self._first_done is None:
+            self._first_done, self._started = done, time.monotonic()
+        self._done = done
         self.progress.update(self.task, completed=min(done, self.total))
+        self._render()
+
+    def remaining(self) -> float | None:
+        """Seconds left at the pace of the trials finished so far in this display; None before the first."""
+        finished_here = self._done - (self._first_done or 0)
+        if finished_here <= 0:
+            return None
+        return (time.monotonic() - self._started) / finished_here * max(0, self.total - self._done)
 
     def start_trial(self, number: int, origin: str) -> None:
         self.state = {"trial": number, "origin": origin, "epoch": 0, "epochs": "?", "auc": None}
@@ -62,11 +79,19 @@ class TrialBar:
         s = self.state
         auc = "-" if s.get("auc") is None else f"{s['auc']:.3f}"
         best = "-" if self.best is None else f"{self.best:.3f}"
+        left = self.remaining()
+        eta = "left ?" if left is None else f"left ~{_clock(left)}"
         self.progress.update(
             self.task,
-            description=f"trial {s.get('trial')} ({s.get('origin')}) epoch {s.get('epoch')}/{s.get('epochs')} "
-            f"val AUC {auc} | best {best}",
+            description=f"{eta} | trial {s.get('trial')} ({s.get('origin')}) epoch {s.get('epoch')}/{s.get('epochs')} "
+            f"val AUC {auc} | best {best}" if s else eta,
         )
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
 def summarise(study, metric: str, epochs: int, parent_run_id: str, wall: float, ran_here: int) -> SweepSummary:
