@@ -155,7 +155,8 @@ def score_on_test(checkpoint: Path) -> tuple[dict[str, float], pd.DataFrame, int
     model.load_state_dict(best["model"])
     model.to(device)
     manifest = build_manifest(cfg.data, progress=False)
-    loaders = build_loaders(manifest, cfg.data, cfg.train.batch_size, cfg.seed, device.type)
+    loaders = build_loaders(manifest, cfg.data, cfg.train.batch_size, cfg.seed, device.type,
+                            clips_per_epoch=cfg.train.clips_per_epoch)
     # The train split's class counts set pos_weight, so test_loss is the loss the run trained on.
     loss_fn = build_loss(cfg.loss, class_counts(manifest, "train")).to(device)
     precision = _run_precision(checkpoint.parent, device)
