@@ -14,10 +14,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, WeightedRandomSampler
 
 from harness.config.schema import DataConfig
-from harness.data.augment import ClipAugment
+from harness.data.augment import ClipAugment, augment_on_device, draw_clip_params
 from harness.data.cache import CachedReader, frame_cache_for, snap_to_stride
 from harness.data.face_crops import reader_for
 from harness.data.sampling import clip_span, sample_segment_indices, spread_window_starts
+from harness.data.samplers import StratifiedEpochSampler
 from harness.errors import DataError
 
 __all__ = ["ClipDataset", "DrawSampler", "Loaders", "class_counts", "build_loaders"]
@@ -40,7 +41,9 @@ class ClipDataset(Dataset):
     false and the trainer leaves it out. More than `data.max_bad_fraction` bad videos is an error.
     """
 
-    def __init__(self, manifest: pd.DataFrame, data_cfg: DataConfig, train: bool, seed: int) -> None:
+    def __init__(
+        self, manifest: pd.DataFrame, data_cfg: DataConfig, train: bool, seed: int, device_type: str = "cpu"
+    ) -> None:
         self.manifest = manifest.reset_index(drop=True)
         self.train = train
         self.seed = seed
@@ -57,6 +60,10 @@ class ClipDataset(Dataset):
         if data_cfg.cache:
             self._reader = CachedReader(frame_cache_for(data_cfg), self._reader, n_frames)
         self._augment = ClipAugment(data_cfg.augment) if train else None
+        # Placed on the device (data.augment.run_on), items carry their clip's drawn parameters instead,
+        # and the trainer applies a batch of them at once; `device_type` is the training device's.
+        self._augment_cfg = data_cfg.augment
+        self._augment_on_device = augment_on_device(data_cfg.augment.run_on, device_type)
         # Shared memory: persistent DataLoader workers hold copies of this dataset, and must still see
         # the epoch the main process sets.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
@@ -142,19 +149,27 @@ class ClipDataset(Dataset):
         if not valid:
             frames = np.zeros((self.n_segment, self.size, self.size, 3), dtype=np.uint8)
         clip_tensor = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (T, H, W, 3) -> (T, 3, H, W)
+        augment: torch.Tensor | None = None
         if self._augment is not None and self._augment.active:
-            # The augmentation draws from torch's RNG; seeding a forked RNG from this item's generator
-            # makes it reproducible too, without touching the global stream.
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(rng.integers(2**63 - 1)))
-                clip_tensor = self._augment(clip_tensor)
-        return {
+            # The augmentation draws from torch's RNG; seeding it from this item's generator makes it
+            # reproducible too. Both placements draw alike from the same seed, so they augment alike.
+            torch_seed = int(rng.integers(2**63 - 1))
+            if self._augment_on_device:
+                augment = draw_clip_params(self._augment_cfg, torch.Generator().manual_seed(torch_seed))
+            else:
+                with torch.random.fork_rng(devices=[]):  # leaves the global stream untouched
+                    torch.manual_seed(torch_seed)
+                    clip_tensor = self._augment(clip_tensor)
+        item = {
             "clip": clip_tensor.contiguous(),
             "label": torch.tensor(float(self._labels[video]), dtype=torch.float32),
             "video_idx": video,
             "valid": valid,
             "replaced": replaced,
         }
+        if augment is not None:
+            item["augment"] = augment  # (K,) see augment.PARAM_NAMES; the trainer applies it
+        return item
 
 
 class DrawSampler(Sampler[tuple[int, int]]):
@@ -225,32 +240,48 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def _balanced_sampler(dataset: ClipDataset, generator: torch.Generator) -> WeightedRandomSampler:
-    """Weights 1/class size, so each class is expected to fill half of every batch."""
+def _balanced_sampler(
+    dataset: ClipDataset, generator: torch.Generator, num_samples: int | None = None
+) -> WeightedRandomSampler:
+    """Weights 1/class size, so each class is expected to fill half of every batch; `num_samples` draws (default: one per item)."""
     labels = dataset.labels
     counts = np.bincount(labels, minlength=2)
     if (counts == 0).any():
         raise DataError(f"data.sampler=balanced needs both classes in the train split, but got counts (real, fake) = {tuple(counts)}")
     weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.double)
-    return WeightedRandomSampler(weights, num_samples=len(dataset), replacement=True, generator=generator)
+    num_samples = len(dataset) if num_samples is None else num_samples
+    return WeightedRandomSampler(weights, num_samples=num_samples, replacement=True, generator=generator)
 
 
 def build_loaders(
-    manifest: pd.DataFrame, data_cfg: DataConfig, batch_size: int, seed: int, device_type: str = "cpu"
+    manifest: pd.DataFrame,
+    data_cfg: DataConfig,
+    batch_size: int,
+    seed: int,
+    device_type: str = "cpu",
+    *,
+    clips_per_epoch: int | None = None,
 ) -> Loaders:
-    """Train/val/test loaders over the manifest's splits; train shuffles (or balances) with a seeded generator."""
+    """Train/val/test loaders over the manifest's splits; train shuffles (or balances) with a seeded generator.
+
+    With `clips_per_epoch` (train.clips_per_epoch) a train epoch is that many clips drawn, stratified
+    by label (or balanced with data.sampler=balanced), instead of one pass over every item.
+    """
     datasets = {}
     for split in ("train", "val", "test"):
         rows = manifest[manifest["split"] == split]
         if rows.empty:
             raise DataError(f"split {split!r} must hold videos, but the manifest has none; check the split files")
-        datasets[split] = ClipDataset(rows, data_cfg, train=split == "train", seed=seed)
+        datasets[split] = ClipDataset(rows, data_cfg, train=split == "train", seed=seed, device_type=device_type)
     # The sampler gets its own generator: the DataLoader also draws worker seeds from the generator it
     # is given, once per epoch without persistent workers but once in all with them, which would make
     # the order depend on num_workers.
     generator = torch.Generator().manual_seed(seed)
+    # DrawSampler numbers repeated items, so a budget above the train size repeats no clip window.
     if data_cfg.sampler == "balanced":
-        sampler = DrawSampler(_balanced_sampler(datasets["train"], generator))
+        sampler = DrawSampler(_balanced_sampler(datasets["train"], generator, clips_per_epoch))
+    elif clips_per_epoch is not None:
+        sampler = DrawSampler(StratifiedEpochSampler(datasets["train"].labels, clips_per_epoch, generator))
     else:
         sampler = DrawSampler(RandomSampler(datasets["train"], generator=generator))
     common = dict(

@@ -83,6 +83,7 @@ def _timed_batches(batches, n: int, step) -> float:
 
 def measure_step_times(cfg: Config, n_steps: int = 5) -> StepTimes:
     """Build `cfg`'s run as a trial would and time `n_steps` training and validation batches (no checkpoint, no log)."""
+    from harness.data.augment import apply_clip_params
     from harness.data.index import build_manifest
     from harness.train.trainer import _autocast, _build_session, _choose_precision
 
@@ -106,6 +107,8 @@ def measure_step_times(cfg: Config, n_steps: int = 5) -> StepTimes:
 
     def train_step(batch: dict) -> None:
         clips = batch["clip"].to(device, non_blocking=True)
+        if "augment" in batch:  # augmentation on the device is part of a training step's cost
+            clips = apply_clip_params(clips, batch["augment"])
         labels = batch["label"].to(device, non_blocking=True).float()
         with _autocast(device, precision, cfg):
             logits, _ = s.model(clips)

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from harness.config.loading import save_config
 from harness.config.schema import Config, TrainConfig
+from harness.data.augment import apply_clip_params
 from harness.errors import ConfigError
 from harness.faults import Faults
 from harness.train.callbacks import Callback, RunInfo
@@ -163,6 +164,8 @@ def train_one_epoch(
         if i >= n_batches:
             break
         clips = batch["clip"].to(device, non_blocking=True)  # (B, T, 3, H, W) uint8
+        if "augment" in batch:  # drawn per clip in the loader, applied to the whole batch here (data.augment.run_on)
+            clips = apply_clip_params(clips, batch["augment"])
         labels = batch["label"].to(device, non_blocking=True).float()
         group_start = (i // accum) * accum
         # The trailing partial group divides by its own size, so its step is a true mean too.
@@ -472,7 +475,8 @@ def _build_session(cfg: Config, manifest: pd.DataFrame | None, progress: bool) -
     model = build_detector(cfg.model, cfg.data.n_segment).to(device)
     if manifest is None:
         manifest = build_manifest(cfg.data, progress=progress)
-    loaders = build_loaders(manifest, cfg.data, cfg.train.batch_size, cfg.seed, device.type)
+    loaders = build_loaders(manifest, cfg.data, cfg.train.batch_size, cfg.seed, device.type,
+                            clips_per_epoch=cfg.train.clips_per_epoch)
     counts = class_counts(manifest, "train")
     if device.type == "cuda" and cfg.train.channels_last:
         # NHWC convolutions: 883 -> 1786 clips/s (fp32) and 751 -> 950 (AMP) at batch 32x8x224 on an H200;
