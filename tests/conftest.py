@@ -28,3 +28,13 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from harness.data.synth import generate_synthetic
 
     return generate_synthetic(tmp_path_factory.mktemp("synthetic"), SMALL_SYNTHETIC, progress=False)
+
+
+@pytest.fixture(scope="session")
+def manifest(synthetic_root: Path):
+    """The manifest of `synthetic_root`: all five methods, train split 2 real and 10 fake videos (index_ffpp writes
+    no cached index into the tree)."""
+    from harness.config.schema import FFPP_METHODS
+    from harness.data.index import index_ffpp
+
+    return index_ffpp(synthetic_root, FFPP_METHODS, progress=False).manifest

@@ -9,18 +9,13 @@ import torch
 from torch.utils.data import WeightedRandomSampler
 
 from harness.config import load_config
-from harness.config.schema import FFPP_METHODS, AugmentConfig, DataConfig
+from harness.config.schema import AugmentConfig, DataConfig
 from harness.data.dataset import ClipDataset, DrawSampler, build_loaders, class_counts
-from harness.data.index import build_manifest, index_ffpp
+from harness.data.index import build_manifest
 from harness.errors import DataError
 from harness.train.trainer import _reseed_loader
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def manifest(synthetic_root: Path) -> pd.DataFrame:
-    return index_ffpp(synthetic_root, FFPP_METHODS, progress=False).manifest
 
 
 def _cfg(**overrides) -> DataConfig:

@@ -12,20 +12,13 @@ from torch.utils.data import RandomSampler, WeightedRandomSampler
 
 import harness.train.trainer as trainer
 from harness.config import load_config
-from harness.config.schema import FFPP_METHODS, AugmentConfig, DataConfig
+from harness.config.schema import AugmentConfig, DataConfig
 from harness.data.dataset import DrawSampler, build_loaders
-from harness.data.index import index_ffpp
 from harness.data.samplers import StratifiedEpochSampler, class_quotas
 from harness.train.trainer import _reseed_loader, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 3
-
-
-@pytest.fixture(scope="module")
-def manifest(synthetic_root: Path) -> pd.DataFrame:
-    # The train split holds 2 real and 10 fake videos, one clip each.
-    return index_ffpp(synthetic_root, FFPP_METHODS, progress=False).manifest
 
 
 def _cfg(**overrides) -> DataConfig:

@@ -21,8 +21,13 @@ REAL_DIR = "original_sequences/youtube/c23/videos"
 
 @pytest.fixture
 def tree(synthetic_root: Path, tmp_path: Path) -> Path:
-    """A private copy of the session tree, free to break."""
-    return Path(shutil.copytree(synthetic_root, tmp_path / "ffpp"))
+    """A private copy of the session tree as generated, free to break.
+
+    Without the manifest and frame caches other tests' runs left in the session tree: which of them
+    ran first depends on the order (and on pytest-xdist's split), and a cached index changes what
+    these tests see.
+    """
+    return Path(shutil.copytree(synthetic_root, tmp_path / "ffpp", ignore=shutil.ignore_patterns(".harness_*")))
 
 
 def _splits(root: Path) -> dict[str, list[list[str]]]:
