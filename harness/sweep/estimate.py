@@ -89,14 +89,14 @@ def measure_step_times(cfg: Config, n_steps: int = 5) -> StepTimes:
 
     # Indexing (and generating the synthetic data) happens once per sweep, not per trial: outside the timing.
     manifest = build_manifest(cfg.data, progress=False)
-    start = time.perf_counter()
-    s, _ = _build_session(cfg, manifest, progress=False)
     uncached = 0
     if cfg.data.cache:
         from harness.data.cache import frame_cache_for
 
         cache = frame_cache_for(cfg.data)
         uncached = sum(not cache.has(str(path)) for path in manifest["path"].unique())
+    start = time.perf_counter()
+    s, _ = _build_session(cfg, manifest, progress=False)
     precision = _choose_precision(s, None)
     setup_s = time.perf_counter() - start
     device = s.device
