@@ -6,13 +6,19 @@ trainer's real loaders and `train_one_epoch`, one line per setting:
   - training: clips/s and peak GPU memory, decord vs cache x fp32 vs AMP (channels_last on), and
     the cached fp32 run with channels_last off;
   - augmentation (hflip + ColorJitter(0.2, 0.2, 0.2, 0.1)): per clip on one CPU core vs per clip
-    on the GPU, as clips/s, to compare with the training rate.
+    on the GPU, as clips/s, to compare with the training rate;
+  - feed vs train step (the question of the "feed the GPU" work): the cached loader with the
+    recommended augmentation, placed in the loader workers or batched on the device
+    (data.augment.run_on), delivering batches to the device, against the train step's own rate on a
+    batch already there (fp32 and AMP, channels_last on and off); feed / step >= 1.0 means training
+    is model-bound.
 The demo videos are 64x64, decoded and upscaled to 224 by decord, so decoding them is cheaper
 than decoding real 224+ px FF++ videos: the decord figures are an upper bound on decord's speed.
 
 Usage (about 3 minutes on an H200, after the demo data exists under --data):
   python bench/gpu_loader.py --data data/synthetic [--workers 8] [--batches 20]
-Smoke test without a GPU: python bench/gpu_loader.py --device cpu --size 64 --batch 4 --batches 2 --workers 0
+Without a GPU it runs on the CPU (--device defaults to cuda only where there is one) and says which
+GPU figures it could not measure. Smoke test: python bench/gpu_loader.py --size 64 --batch 4 --batches 2 --workers 0
 """
 
 from __future__ import annotations
@@ -26,10 +32,11 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
+from machine import cpu_description  # bench/machine.py: scripts run from bench/
 
 from harness.config import load_config
 from harness.config.schema import AugmentConfig, Config
-from harness.data.augment import ClipAugment
+from harness.data.augment import ClipAugment, apply_clip_params
 from harness.data.cache import build_cache
 from harness.data.dataset import build_loaders
 from harness.data.index import build_manifest
@@ -38,17 +45,22 @@ from harness.train import trainer
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_config(args: argparse.Namespace, cache: bool, amp: bool, channels_last: bool) -> Config:
+def make_config(args: argparse.Namespace, cache: bool, amp: bool, channels_last: bool, augment_on: str | None = None) -> Config:
+    """The demo data at the user's batch; `augment_on` (loader/device) turns on the recommended augmentation."""
+    augment = ([] if augment_on is None else
+               ["data.augment.hflip=true", "data.augment.color_jitter=[0.2,0.2,0.2,0.1]", f"data.augment.run_on={augment_on}"])
     return load_config(
         [ROOT / "baseline.yaml", ROOT / "configs/demo.yaml"],
         [f"data.root={args.data.resolve()}", f"data.input_size={args.size}", f"data.num_workers={args.workers}",
          f"data.cache={cache}", f"train.batch_size={args.batch}", f"train.amp={amp}", f"train.device={args.device}",
-         f"train.channels_last={channels_last}", f"train.max_train_batches={args.batches}", "train.cudnn_benchmark=true"],
+         f"train.channels_last={channels_last}", f"train.max_train_batches={args.batches}", "train.cudnn_benchmark=true",
+         *augment],
     )
 
 
 def loader_rate(cfg: Config, manifest, device: str) -> float:
-    """Clips/s of the train loader alone in its second epoch (workers started, maps open), copied to the device."""
+    """Clips/s of the train loader alone in its second epoch (workers started, maps open), copied to the device,
+    with the batch's augmentation applied there when the config puts it on the device."""
     loaders = build_loaders(manifest, cfg.data, cfg.train.batch_size, cfg.seed, device)
     rate = 0.0
     for epoch in (1, 2):
@@ -57,7 +69,9 @@ def loader_rate(cfg: Config, manifest, device: str) -> float:
         for i, batch in enumerate(loaders.train):
             if i >= cfg.train.max_train_batches:
                 break
-            batch["clip"].to(device, non_blocking=True)
+            clips = batch["clip"].to(device, non_blocking=True)
+            if "augment" in batch:
+                apply_clip_params(clips, batch["augment"])
             n += len(batch["label"])
         if device == "cuda":
             torch.cuda.synchronize()
@@ -74,6 +88,35 @@ def train_rate(cfg: Config, manifest) -> tuple[float, float]:
         metrics = trainer._train_epoch(s, epoch, progress=False)
         rate, peak = metrics["clips_per_s"], metrics.get("gpu_peak_mem_mb", float("nan")) / 1024
     return rate, peak
+
+
+def step_rate(cfg: Config, manifest, steps: int) -> float:
+    """Clips/s of the train step alone: forward, backward and optimizer step on one batch already on the device."""
+    s, _ = trainer._build_session(cfg, manifest, progress=False)
+    precision = trainer._choose_precision(s, None)
+    clips = next(iter(s.loaders.train))["clip"].to(s.device)
+    labels = (torch.arange(len(clips), device=s.device) % 2).float()
+
+    def step() -> None:
+        with trainer._autocast(s.device, precision, cfg):
+            logits, _ = s.model(clips)
+            loss = s.loss_fn(logits.float(), labels)
+        s.scaler.scale(loss).backward()
+        s.scaler.step(s.optimizer)
+        s.scaler.update()
+        s.optimizer.zero_grad(set_to_none=True)
+
+    s.model.train()
+    for _ in range(2):  # warm-up: cuDNN autotuning, allocator
+        step()
+    if s.device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if s.device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * len(clips) / (time.perf_counter() - t0)
 
 
 def augment_rates(size: int, device: str) -> tuple[float, float]:
@@ -101,10 +144,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--batches", type=int, default=20, help="train batches per epoch (two epochs per setting)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
-    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     torch.set_num_threads(max(1, (os.cpu_count() or 2) - args.workers))
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    print(f"CPU: {cpu_description()}")
     print(f"device: {name}, torch {torch.__version__}, {os.cpu_count()} CPU cores, {args.workers} loader workers; "
           f"batch {args.batch} x 8 x {args.size}x{args.size}, {args.batches} batches per epoch")
 
@@ -127,6 +171,16 @@ def main() -> None:
     cpu, gpu = augment_rates(args.size, args.device)
     print(f"augmentation per clip: CPU (1 core) {cpu:.0f} clips/s, x{args.workers} workers ~{cpu * args.workers:.0f}; "
           f"{args.device} {gpu:.0f} clips/s")
+
+    feed = {on: loader_rate(make_config(args, True, False, True, on), manifest, args.device) for on in ("loader", "device")}
+    print(f"feed (cached loader + recommended augmentation, delivered to {args.device}): augmented in the loader "
+          f"{feed['loader']:.0f} clips/s, on the device {feed['device']:.0f} clips/s")
+    for amp, channels_last in ((False, True), (True, True), (False, False), (True, False)):
+        rate = step_rate(make_config(args, True, amp, channels_last), manifest, args.batches)
+        print(f"train step alone: amp={amp!s:<5} channels_last={channels_last!s:<5} {rate:7.1f} clips/s; feed / step: "
+              f"loader {feed['loader'] / rate:.2f}, device {feed['device'] / rate:.2f} (target >= 1.0)")
+    if args.device != "cuda":
+        print("not measured here (no CUDA device): every figure above on a GPU, decode_jpeg on the GPU, peak GPU memory")
 
 
 if __name__ == "__main__":
