@@ -32,6 +32,7 @@ from machine import cpu_description  # bench/machine.py: scripts run from bench/
 from PIL import Image
 
 from harness.data.cache import CachedReader, FrameCache
+from harness.data.face_tracks import square_crop_boxes
 from harness.data.readers import make_reader, resize_frame
 from harness.data.sampling import sample_segment_indices
 
@@ -70,10 +71,8 @@ def make_video(path: Path, n_frames: int) -> np.ndarray:
 
 def face_crop(frame: np.ndarray, box: np.ndarray) -> np.ndarray:
     """The square of 1.3x the face box around its centre (moved inside the frame), resized to SIZE: (SIZE, SIZE, 3)."""
-    side = int(round(1.3 * max(box[2] - box[0], box[3] - box[1])))
-    x0 = int(np.clip(round((box[0] + box[2] - side) / 2), 0, frame.shape[1] - side))
-    y0 = int(np.clip(round((box[1] + box[3] - side) / 2), 0, frame.shape[0] - side))
-    return resize_frame(frame[y0:y0 + side, x0:x0 + side], SIZE)
+    x0, y0, x1, y1 = square_crop_boxes(box[None], 1.3, frame.shape[1], frame.shape[0])[0]
+    return resize_frame(frame[y0:y1, x0:x1], SIZE)
 
 
 def decode_all(path: Path) -> tuple[list[np.ndarray], int]:

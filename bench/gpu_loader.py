@@ -40,6 +40,7 @@ from harness.data.augment import ClipAugment, apply_clip_params
 from harness.data.cache import build_cache
 from harness.data.dataset import build_loaders
 from harness.data.index import build_manifest
+from harness.sweep.estimate import optimizer_step
 from harness.train import trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,23 +98,14 @@ def step_rate(cfg: Config, manifest, steps: int) -> float:
     clips = next(iter(s.loaders.train))["clip"].to(s.device)
     labels = (torch.arange(len(clips), device=s.device) % 2).float()
 
-    def step() -> None:
-        with trainer._autocast(s.device, precision, cfg):
-            logits, _ = s.model(clips)
-            loss = s.loss_fn(logits.float(), labels)
-        s.scaler.scale(loss).backward()
-        s.scaler.step(s.optimizer)
-        s.scaler.update()
-        s.optimizer.zero_grad(set_to_none=True)
-
     s.model.train()
     for _ in range(2):  # warm-up: cuDNN autotuning, allocator
-        step()
+        optimizer_step(s, precision, clips, labels)
     if s.device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(steps):
-        step()
+        optimizer_step(s, precision, clips, labels)
     if s.device.type == "cuda":
         torch.cuda.synchronize()
     return steps * len(clips) / (time.perf_counter() - t0)

@@ -23,7 +23,6 @@ how a sweep proves it decoded each video once.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import logging
 import os
 import shutil
@@ -41,6 +40,7 @@ from tqdm.auto import tqdm
 from harness.config.schema import DataConfig
 from harness.data.frame_codec import (FRAME_FORMATS, FrameFile, entry_suffix, estimate_frame_bytes, open_frame_file,
                                       open_frame_writer)
+from harness.data.entries import stamped_entry, video_folder
 from harness.data.face_crops import (FACE_BOXES_FILE, face_box_store_for, face_setting_tag, reader_for,
                                      write_face_boxes_csv)
 from harness.data.readers import FrameReader, _LRU, resolve_backend
@@ -106,18 +106,9 @@ class FrameCache:
         """Disk bytes per stored frame: exact for raw, a conservative estimate for jpeg/webp (see frame_codec)."""
         return estimate_frame_bytes(self.frame_format, self.quality, self.size, self.size)
 
-    def _video_dir(self, video: str) -> Path:
-        return self.dir / hashlib.sha1(os.path.abspath(video).encode()).hexdigest()[:20]
-
     def entry_path(self, video: str) -> Path:
         """The entry for the video as it is now on disk: its size and mtime are in the name."""
-        try:
-            st = os.stat(video)
-        except OSError as error:
-            raise DataError(f"{video} must exist to be cached, but: {error.strerror}") from None
-        # A frame folder's mtime changes when images are added or removed; its size is not meaningful.
-        size = 0 if os.path.isdir(video) else st.st_size
-        return self._video_dir(video) / f"{size}-{st.st_mtime_ns}{self._suffix}"
+        return stamped_entry(self.dir, video, self._suffix, "be cached")
 
     def has(self, video: str) -> bool:
         return self.entry_path(video).is_file()
@@ -125,7 +116,7 @@ class FrameCache:
     @contextmanager
     def _video_lock(self, video: str, blocking: bool) -> Iterator[bool]:
         """Hold the video's lock (True), or yield False at once when another process holds it and not blocking."""
-        folder = self._video_dir(video)
+        folder = video_folder(self.dir, video)
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:

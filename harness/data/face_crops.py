@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from harness.config.schema import DataConfig, FaceConfig
 from harness.data.face_detectors import FaceDetector, detect_faces, make_detector
 from harness.data.face_tracks import link_tracks, pick_track, smooth_track, square_crop_boxes
-from harness.data.readers import FrameReader, _LRU, make_reader, resolve_backend
+from harness.data.entries import stamped_entry
+from harness.data.readers import FrameReader, _LRU, make_reader, resize_frame, resolve_backend
 from harness.errors import DataError
 
 __all__ = [
@@ -58,12 +58,6 @@ class VideoFaces:
     @property
     def found(self) -> bool:
         return len(self.boxes) > 0
-
-
-def _resize(image: np.ndarray, size: int) -> np.ndarray:
-    if image.shape[:2] == (size, size):
-        return image
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
 
 
 def find_faces(decoder: FrameReader, path: str, n_frames: int, cfg: FaceConfig, detector: FaceDetector) -> VideoFaces:
@@ -100,12 +94,7 @@ class FaceBoxStore:
         self.dir = Path(root) / f"faces-v{_VERSION}-{backend}-{face_setting_tag(cfg)}"
 
     def path(self, video: str) -> Path:
-        try:
-            st = os.stat(video)
-        except OSError as error:
-            raise DataError(f"{video} must exist to find its face, but: {error.strerror}") from None
-        folder = self.dir / hashlib.sha1(os.path.abspath(video).encode()).hexdigest()[:20]
-        return folder / f"{0 if os.path.isdir(video) else st.st_size}-{st.st_mtime_ns}.npz"
+        return stamped_entry(self.dir, video, ".npz", "find its face")
 
     def load(self, video: str) -> VideoFaces | None:
         path = self.path(video)
@@ -175,7 +164,7 @@ class FaceCropReader:
         if (width, height) != (faces.width, faces.height):
             raise DataError(f"{path} must decode at {faces.width}x{faces.height} as when its face was found, but got {width}x{height}")
         squares = square_crop_boxes(faces.boxes[indices], self.cfg.margin, width, height)
-        return np.stack([_resize(f[y0:y1, x0:x1], size) for f, (x0, y0, x1, y1) in zip(frames, squares)])
+        return np.stack([resize_frame(f[y0:y1, x0:x1], size) for f, (x0, y0, x1, y1) in zip(frames, squares)])
 
 
 def face_box_store_for(data_cfg: DataConfig) -> FaceBoxStore:

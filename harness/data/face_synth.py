@@ -11,13 +11,13 @@ leaves a seam and a colour mismatch, as a crude face swap does.
 from __future__ import annotations
 
 import json
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from harness.config.schema import SyntheticConfig
+from harness.data import synth
 from harness.data.synth import deal_splits
 from harness.errors import DataError
 
@@ -104,20 +104,8 @@ def face_video(
 
 
 def write_video(path: Path, frames: np.ndarray, fps: float, crf: int = 23) -> None:
-    """Write uint8 (F, H, W, 3) frames as h264 yuv420p mp4 at a given crf (FF++ c23 is crf 23)."""
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    with av.open(str(tmp), mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
-        container.mux(stream.encode())
-    tmp.replace(path)
+    """Write uint8 (F, H, W, 3) frames as h264 mp4 at a constant rate factor (FF++ c23 is crf 23)."""
+    synth.write_video(path, frames, fps, {"crf": str(crf), "preset": "veryfast", "threads": "1"})
 
 
 def generate_face_tree(

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from harness.config.schema import DataConfig, SyntheticConfig
 from harness.errors import DataError
 
-__all__ = ["generate_synthetic", "ensure_synthetic", "deal_splits", "COMPLETE_MARKER", "METADATA_FILE"]
+__all__ = ["generate_synthetic", "ensure_synthetic", "deal_splits", "write_video", "COMPLETE_MARKER", "METADATA_FILE"]
 
 COMPLETE_MARKER = ".complete"
 METADATA_FILE = "synthetic.json"  # written first: proves the tree is ours before anything is deleted
@@ -192,21 +192,30 @@ def _artefact_for(method: str, index: int) -> _Artefact:
     return _ARTEFACTS.get(method, _ARTEFACT_ORDER[index % len(_ARTEFACT_ORDER)])
 
 
-def _write_video(path: Path, frames: np.ndarray, fps: float) -> None:
-    """Write (F, S, S, 3) float frames in [0, 1] as h264 yuv420p mp4."""
+def write_video(path: Path, frames: np.ndarray, fps: float, options: dict[str, str]) -> None:
+    """Write uint8 (F, H, W, 3) frames as h264 yuv420p mp4 with libx264 `options`, through a `.part` file.
+
+    Pass "threads": "1" where the bytes must be identical from run to run.
+    """
     import av
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
     with av.open(str(tmp), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
-        stream.width = stream.height = frames.shape[1]
+        stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
-        # One thread keeps the bytes identical from run to run.
-        stream.options = {"qp": _QP, "preset": "medium", "threads": "1"}
-        for frame in np.clip(frames * 255 + 0.5, 0, 255).astype(np.uint8):
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        stream.options = options
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
         container.mux(stream.encode())
     tmp.replace(path)
+
+
+def _write_video(path: Path, frames: np.ndarray, fps: float) -> None:
+    """Write (F, S, S, 3) float frames in [0, 1], near-lossless and identical from run to run."""
+    write_video(path, np.clip(frames * 255 + 0.5, 0, 255).astype(np.uint8), fps,
+                {"qp": _QP, "preset": "medium", "threads": "1"})
 
 
 def _source_ids(cfg: SyntheticConfig) -> list[str]:

@@ -18,7 +18,7 @@ import torch
 
 from harness.config.schema import Config
 
-__all__ = ["StepTimes", "SweepEstimate", "measure_step_times", "estimate_sweep", "format_estimate", "DEMO_EPOCH_FRACTION"]
+__all__ = ["StepTimes", "SweepEstimate", "optimizer_step", "measure_step_times", "estimate_sweep", "format_estimate", "DEMO_EPOCH_FRACTION"]
 
 # Share of an unpruned sweep's epochs that the 40-trial demo sweep ran with the pruner named (2026-11-27,
 # 2-core Xeon: median pruner 85 of 240 epochs). Other pruners were not measured on the current demo.
@@ -81,6 +81,20 @@ def _timed_batches(batches, n: int, step) -> float:
     return (time.perf_counter() - start) / done
 
 
+def optimizer_step(session, precision, clips: torch.Tensor, labels: torch.Tensor) -> None:
+    """One forward, backward and optimizer step of a trial's session (`trainer._build_session`) on a batch
+    already on its device: what a training step costs, without the loop's accumulation and bookkeeping."""
+    from harness.train.trainer import _autocast
+
+    with _autocast(session.device, precision, session.cfg):
+        logits, _ = session.model(clips)
+        loss = session.loss_fn(logits.float(), labels)
+    session.scaler.scale(loss).backward()
+    session.scaler.step(session.optimizer)
+    session.scaler.update()
+    session.optimizer.zero_grad(set_to_none=True)
+
+
 def measure_step_times(cfg: Config, n_steps: int = 5) -> StepTimes:
     """Build `cfg`'s run as a trial would and time `n_steps` training and validation batches (no checkpoint, no log)."""
     from harness.data.augment import apply_clip_params
@@ -109,14 +123,7 @@ def measure_step_times(cfg: Config, n_steps: int = 5) -> StepTimes:
         clips = batch["clip"].to(device, non_blocking=True)
         if "augment" in batch:  # augmentation on the device is part of a training step's cost
             clips = apply_clip_params(clips, batch["augment"])
-        labels = batch["label"].to(device, non_blocking=True).float()
-        with _autocast(device, precision, cfg):
-            logits, _ = s.model(clips)
-            loss = s.loss_fn(logits.float(), labels)
-        s.scaler.scale(loss).backward()
-        s.scaler.step(s.optimizer)
-        s.scaler.update()
-        s.optimizer.zero_grad(set_to_none=True)
+        optimizer_step(s, precision, clips, batch["label"].to(device, non_blocking=True).float())
         sync()
 
     @torch.no_grad()
