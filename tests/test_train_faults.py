@@ -81,10 +81,17 @@ def _corrupt(path: Path) -> None:
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
-def test_videos_that_stop_decoding_are_replaced_or_left_out_and_reported(synthetic_root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("reading", [
+    ["data.cache=false"],
+    # Encoded frames decoded in the trainer: a left-out clip still needs a frame to decode.
+    ["data.cache=true", "data.cache_format=jpeg", "data.decode_on=device"],
+], ids=["decoded-video", "jpeg-cache-decoded-on-device"])
+def test_videos_that_stop_decoding_are_replaced_or_left_out_and_reported(
+    synthetic_root: Path, tmp_path: Path, reading: list[str]
+) -> None:
     root = tmp_path / "data"
     shutil.copytree(synthetic_root, root, ignore=shutil.ignore_patterns(".harness_frame_cache"))
-    overrides = tiny_overrides(root, tmp_path) + ["train.epochs=2", "data.cache=false", "data.max_bad_fraction=0.2"]
+    overrides = tiny_overrides(root, tmp_path) + ["train.epochs=2", "data.max_bad_fraction=0.2", *reading]
     cfg = load_config([ROOT / "baseline.yaml"], overrides)
     manifest = build_manifest(cfg.data, progress=False)
     train_fake = manifest[(manifest.split == "train") & (manifest.label == 1)].path.iloc[0]

@@ -169,6 +169,11 @@ class DataConfig(_Section):
         "jpeg", description="how cached frames are stored: raw uint8 (largest, fastest), jpeg or webp at cache_quality"
     )
     cache_quality: int = Field(90, ge=1, le=100, description="jpeg/webp quality of the frame cache")
+    decode_on: Literal["auto", "loader", "device"] = Field(
+        "auto", description="where cached jpeg frames are decoded: loader (CPU, in the loader workers), device "
+        "(batched on the training device; needs cache true and cache_format jpeg, and augments there too); "
+        "auto: device when training on CUDA from a jpeg cache and data.augment.run_on is not loader, else loader"
+    )
     face_crop: bool = Field(False, description="train on square face crops (see data.face) instead of whole frames")
     face: FaceConfig = Field(default_factory=FaceConfig)
     cache_stride: PositiveInt = Field(
@@ -189,6 +194,19 @@ class DataConfig(_Section):
     def _expand_home(cls, path: Path | None) -> Path | None:
         # YAML and --set values are not seen by a shell, so "~/ffpp" would otherwise be a folder named "~".
         return None if path is None else path.expanduser()
+
+    @model_validator(mode="after")
+    def _device_decode_has_jpeg(self) -> DataConfig:
+        if self.decode_on != "device":
+            return self
+        if not self.cache or self.cache_format != "jpeg":
+            raise ValueError(f"data.decode_on device decodes the frame cache's jpeg frames, so it needs data.cache "
+                             f"true and data.cache_format jpeg, but got cache={self.cache}, "
+                             f"cache_format={self.cache_format!r}; set those or data.decode_on loader")
+        if self.augment.run_on == "loader":
+            raise ValueError("data.decode_on device leaves no pixels in the loader to augment, so "
+                             "data.augment.run_on must be auto or device, but got 'loader'")
+        return self
 
 
 class ModelConfig(_Section):

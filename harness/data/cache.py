@@ -211,7 +211,8 @@ class CachedReader:
         # _LRU drops them after a fork, so no loader worker reads through its parent's maps.
         self._maps = _LRU(open_maps)
 
-    def read(self, path: str, indices: np.ndarray, size: int) -> np.ndarray:
+    def _entry(self, path: str, indices: np.ndarray, size: int) -> tuple[FrameFile, np.ndarray]:
+        """The video's opened entry (filled first if missing) and the stored positions of `indices`."""
         if size != self.cache.size:
             raise DataError(f"a read from {self.cache} must ask for size {self.cache.size}, but got {size}")
         entry = self.cache.entry_path(path)
@@ -226,7 +227,18 @@ class CachedReader:
         positions = np.asarray(indices, dtype=np.int64) // self.cache.stride
         if positions.size and (positions.min() < 0 or positions.max() >= len(frames)):
             raise DataError(f"frame indices of {path} must lie in [0, {len(frames) * self.cache.stride}), but got {indices}")
+        return frames, positions
+
+    def read(self, path: str, indices: np.ndarray, size: int) -> np.ndarray:
+        frames, positions = self._entry(path, indices, size)
         return frames.read(positions)  # (T, size, size, 3) uint8, a copy
+
+    def read_encoded(self, path: str, indices: np.ndarray, size: int) -> list[np.ndarray]:
+        """The chosen frames still encoded (a jpeg cache): one byte array per index, for a decoder on the device."""
+        frames, positions = self._entry(path, indices, size)
+        if not hasattr(frames, "blobs"):
+            raise DataError(f"encoded frames need data.cache_format jpeg, but {self.cache} stores raw frames")
+        return [np.array(blob) for blob in frames.blobs(positions.tolist())]  # copies: the map may close
 
 
 DEFAULT_CACHE_FOLDER = ".harness_frame_cache"

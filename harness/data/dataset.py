@@ -16,7 +16,9 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Weight
 from harness.config.schema import DataConfig
 from harness.data.augment import ClipAugment, augment_on_device, draw_clip_params
 from harness.data.cache import CachedReader, frame_cache_for, snap_to_stride
+from harness.data.device_batch import collate_clips, decode_on_device
 from harness.data.face_crops import reader_for
+from harness.data.frame_codec import encode_frames
 from harness.data.sampling import clip_span, sample_segment_indices, spread_window_starts
 from harness.data.samplers import StratifiedEpochSampler
 from harness.errors import DataError
@@ -63,7 +65,10 @@ class ClipDataset(Dataset):
         # Placed on the device (data.augment.run_on), items carry their clip's drawn parameters instead,
         # and the trainer applies a batch of them at once; `device_type` is the training device's.
         self._augment_cfg = data_cfg.augment
-        self._augment_on_device = augment_on_device(data_cfg.augment.run_on, device_type)
+        # With data.decode_on device items carry the clip's cached JPEG frames (`jpeg`) instead of
+        # pixels, so the clip can only be augmented on the device as well.
+        self._decode_on_device = decode_on_device(data_cfg, device_type)
+        self._augment_on_device = augment_on_device(data_cfg.augment.run_on, device_type) or self._decode_on_device
         # Shared memory: persistent DataLoader workers hold copies of this dataset, and must still see
         # the epoch the main process sets.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
@@ -107,12 +112,13 @@ class ClipDataset(Dataset):
                 f"({self._max_bad}); the latest: {self._paths[video]}. Check the files or re-index"
             )
 
-    def _read(self, video: int, index: int, clip: int, rng: np.random.Generator | None) -> np.ndarray | None:
-        """The clip's frames, or None when the video is (now known to be) bad."""
+    def _read(self, video: int, index: int, clip: int, rng: np.random.Generator | None) -> np.ndarray | list | None:
+        """The clip's frames (T JPEG byte arrays when decoding on the device), or None when the video is bad."""
         if self._bad[video]:
             return None
+        read = self._reader.read_encoded if self._decode_on_device else self._reader.read
         try:
-            return self._reader.read(self._paths[video], self._indices(index, video, clip, rng), self.size)
+            return read(self._paths[video], self._indices(index, video, clip, rng), self.size)
         except DataError as error:
             self._mark_bad(video, error)
             return None
@@ -148,7 +154,13 @@ class ClipDataset(Dataset):
         valid = frames is not None
         if not valid:
             frames = np.zeros((self.n_segment, self.size, self.size, 3), dtype=np.uint8)
-        clip_tensor = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (T, H, W, 3) -> (T, 3, H, W)
+            if self._decode_on_device:
+                frames = [np.frombuffer(blob, dtype=np.uint8).copy() for blob in encode_frames(frames, "jpeg", 75)]
+        pixels: dict[str, torch.Tensor | list[torch.Tensor]]
+        if self._decode_on_device:
+            pixels = {"jpeg": [torch.from_numpy(blob) for blob in frames]}  # T encoded frames (writable copies)
+        else:
+            pixels = {"clip": torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)}  # (T, 3, H, W)
         augment: torch.Tensor | None = None
         if self._augment is not None and self._augment.active:
             # The augmentation draws from torch's RNG; seeding it from this item's generator makes it
@@ -159,9 +171,11 @@ class ClipDataset(Dataset):
             else:
                 with torch.random.fork_rng(devices=[]):  # leaves the global stream untouched
                     torch.manual_seed(torch_seed)
-                    clip_tensor = self._augment(clip_tensor)
+                    pixels["clip"] = self._augment(pixels["clip"])
+        if "clip" in pixels:
+            pixels["clip"] = pixels["clip"].contiguous()
         item = {
-            "clip": clip_tensor.contiguous(),
+            **pixels,
             "label": torch.tensor(float(self._labels[video]), dtype=torch.float32),
             "video_idx": video,
             "valid": valid,
@@ -227,6 +241,7 @@ class Loaders:
                 loader.dataset, batch_size=batch_size, sampler=loader.sampler, num_workers=loader.num_workers,
                 pin_memory=loader.pin_memory, persistent_workers=loader.persistent_workers,
                 worker_init_fn=loader.worker_init_fn, generator=loader.generator, drop_last=False,
+                collate_fn=loader.collate_fn,
             )
 
         return Loaders(rebatch(self.train), rebatch(self.val), rebatch(self.test), self.train_dataset,
@@ -291,6 +306,7 @@ def build_loaders(
         persistent_workers=data_cfg.num_workers > 0,
         worker_init_fn=_seed_worker,
         drop_last=False,
+        collate_fn=collate_clips,  # keeps encoded frames (data.decode_on device) a list
     )
     train = DataLoader(datasets["train"], sampler=sampler, generator=torch.Generator().manual_seed(seed + 1), **common)
     val = DataLoader(datasets["val"], shuffle=False, generator=torch.Generator().manual_seed(seed), **common)

@@ -98,6 +98,7 @@ def optimizer_step(session, precision, clips: torch.Tensor, labels: torch.Tensor
 def measure_step_times(cfg: Config, n_steps: int = 5) -> StepTimes:
     """Build `cfg`'s run as a trial would and time `n_steps` training and validation batches (no checkpoint, no log)."""
     from harness.data.augment import apply_clip_params
+    from harness.data.device_batch import clips_to_device
     from harness.data.index import build_manifest
     from harness.train.trainer import _autocast, _build_session, _choose_precision
 
@@ -120,7 +121,7 @@ def measure_step_times(cfg: Config, n_steps: int = 5) -> StepTimes:
             torch.cuda.synchronize(device)
 
     def train_step(batch: dict) -> None:
-        clips = batch["clip"].to(device, non_blocking=True)
+        clips = clips_to_device(batch, device)  # decoding on the device is part of the step's cost too
         if "augment" in batch:  # augmentation on the device is part of a training step's cost
             clips = apply_clip_params(clips, batch["augment"])
         optimizer_step(s, precision, clips, batch["label"].to(device, non_blocking=True).float())
@@ -129,7 +130,7 @@ def measure_step_times(cfg: Config, n_steps: int = 5) -> StepTimes:
     @torch.no_grad()
     def val_step(batch: dict) -> None:
         with _autocast(device, precision, cfg):
-            s.model(batch["clip"].to(device, non_blocking=True))
+            s.model(clips_to_device(batch, device))
         sync()
 
     # The timed steps change the model's weights; nothing is saved, so the study never sees them.

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from harness.config.loading import save_config
 from harness.config.schema import Config, TrainConfig
 from harness.data.augment import apply_clip_params
+from harness.data.device_batch import clips_to_device
 from harness.errors import ConfigError
 from harness.faults import Faults
 from harness.train.callbacks import Callback, RunInfo
@@ -163,7 +164,7 @@ def train_one_epoch(
     for i, batch in enumerate(loader):
         if i >= n_batches:
             break
-        clips = batch["clip"].to(device, non_blocking=True)  # (B, T, 3, H, W) uint8
+        clips = clips_to_device(batch, device)  # (B, T, 3, H, W) uint8
         if "augment" in batch:  # drawn per clip in the loader, applied to the whole batch here (data.augment.run_on)
             clips = apply_clip_params(clips, batch["augment"])
         labels = batch["label"].to(device, non_blocking=True).float()
@@ -229,13 +230,13 @@ def evaluate(
     probs, labels, video_idx, attention, loss_sum, skipped = [], [], [], [], 0.0, 0
     for batch in loader:
         valid = batch.get("valid")
+        if valid is not None and not valid.any():
+            skipped += len(valid)
+            continue
+        clips, target, videos = clips_to_device(batch, device), batch["label"].to(device).float(), batch["video_idx"]
         if valid is not None and not valid.all():
             skipped += int((~valid).sum())
-            if not valid.any():
-                continue
-            batch = {k: batch[k][valid] for k in ("clip", "label", "video_idx")}
-        clips = batch["clip"].to(device, non_blocking=True)
-        target = batch["label"].to(device).float()
+            clips, target, videos = clips[valid.to(device)], target[valid.to(device)], torch.as_tensor(videos)[valid]
         faults.check_batch(len(target))
         with _autocast(device, precision, cfg):
             logits, weights = model(clips)
@@ -243,7 +244,7 @@ def evaluate(
         loss_sum += loss_fn(logits, target).item() * len(target)
         probs.append(torch.sigmoid(logits).cpu())
         labels.append(target.cpu())
-        video_idx.append(torch.as_tensor(batch["video_idx"]))
+        video_idx.append(torch.as_tensor(videos))
         if weights is not None:
             attention.append(weights.float().cpu())
     probs_np = torch.cat(probs).numpy()
