@@ -39,6 +39,7 @@ from harness.config.schema import AugmentConfig, Config
 from harness.data.augment import ClipAugment, apply_clip_params
 from harness.data.cache import build_cache
 from harness.data.dataset import build_loaders
+from harness.data.device_batch import clips_to_device
 from harness.data.index import build_manifest
 from harness.sweep.estimate import optimizer_step
 from harness.train import trainer
@@ -46,10 +47,19 @@ from harness.train import trainer
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_config(args: argparse.Namespace, cache: bool, amp: bool, channels_last: bool, augment_on: str | None = None) -> Config:
-    """The demo data at the user's batch; `augment_on` (loader/device) turns on the recommended augmentation."""
+# The feed settings: where the recommended augmentation runs and where the JPEG cache is decoded.
+FEEDS = {"augment+decode in loader": ("loader", "loader"), "augment on device": ("device", "loader"),
+         "augment+decode on device": ("device", "device")}
+
+
+def make_config(args: argparse.Namespace, cache: bool, amp: bool, channels_last: bool, augment_on: str | None = None,
+                decode_on: str | None = None) -> Config:
+    """The demo data at the user's batch; `augment_on` (loader/device) turns on the recommended augmentation,
+    `decode_on` (loader/device) reads a JPEG cache decoded there."""
     augment = ([] if augment_on is None else
                ["data.augment.hflip=true", "data.augment.color_jitter=[0.2,0.2,0.2,0.1]", f"data.augment.run_on={augment_on}"])
+    if decode_on is not None:
+        augment += ["data.cache_format=jpeg", f"data.decode_on={decode_on}"]
     return load_config(
         [ROOT / "baseline.yaml", ROOT / "configs/demo.yaml"],
         [f"data.root={args.data.resolve()}", f"data.input_size={args.size}", f"data.num_workers={args.workers}",
@@ -70,7 +80,7 @@ def loader_rate(cfg: Config, manifest, device: str) -> float:
         for i, batch in enumerate(loaders.train):
             if i >= cfg.train.max_train_batches:
                 break
-            clips = batch["clip"].to(device, non_blocking=True)
+            clips = clips_to_device(batch, torch.device(device))
             if "augment" in batch:
                 apply_clip_params(clips, batch["augment"])
             n += len(batch["label"])
@@ -95,7 +105,7 @@ def step_rate(cfg: Config, manifest, steps: int) -> float:
     """Clips/s of the train step alone: forward, backward and optimizer step on one batch already on the device."""
     s, _ = trainer._build_session(cfg, manifest, progress=False)
     precision = trainer._choose_precision(s, None)
-    clips = next(iter(s.loaders.train))["clip"].to(s.device)
+    clips = clips_to_device(next(iter(s.loaders.train)), s.device)
     labels = (torch.arange(len(clips), device=s.device) % 2).float()
 
     s.model.train()
@@ -127,6 +137,14 @@ def augment_rates(size: int, device: str) -> tuple[float, float]:
             times.append(time.perf_counter() - t0)
         rates.append(1 / statistics.median(times))
     return rates[0], rates[1]
+
+
+def gpu_decode_difference(manifest, args: argparse.Namespace) -> float:
+    """Largest pixel difference between one batch's JPEG frames decoded on the GPU and on the CPU."""
+    cfg = make_config(args, True, False, True, "device", "device")
+    batch = next(iter(build_loaders(manifest, cfg.data, 4, cfg.seed, "cuda").train))
+    gpu, cpu = clips_to_device(batch, torch.device("cuda")).cpu(), clips_to_device(batch, torch.device("cpu"))
+    return float((gpu.int() - cpu.int()).abs().max())
 
 
 def main() -> None:
@@ -164,15 +182,21 @@ def main() -> None:
     print(f"augmentation per clip: CPU (1 core) {cpu:.0f} clips/s, x{args.workers} workers ~{cpu * args.workers:.0f}; "
           f"{args.device} {gpu:.0f} clips/s")
 
-    feed = {on: loader_rate(make_config(args, True, False, True, on), manifest, args.device) for on in ("loader", "device")}
-    print(f"feed (cached loader + recommended augmentation, delivered to {args.device}): augmented in the loader "
-          f"{feed['loader']:.0f} clips/s, on the device {feed['device']:.0f} clips/s")
+    build_cache(manifest, make_config(args, True, False, True, "device", "device").data, progress=False)  # the JPEG cache
+    feed = {name: loader_rate(make_config(args, True, False, True, *where), manifest, args.device)
+            for name, where in FEEDS.items()}
+    print(f"feed (JPEG q90 cache + recommended augmentation, delivered to {args.device}): "
+          + ", ".join(f"{name} {rate:.0f} clips/s" for name, rate in feed.items()))
     for amp, channels_last in ((False, True), (True, True), (False, False), (True, False)):
         rate = step_rate(make_config(args, True, amp, channels_last), manifest, args.batches)
         print(f"train step alone: amp={amp!s:<5} channels_last={channels_last!s:<5} {rate:7.1f} clips/s; feed / step: "
-              f"loader {feed['loader'] / rate:.2f}, device {feed['device'] / rate:.2f} (target >= 1.0)")
+              + ", ".join(f"{name} {feed_rate / rate:.2f}" for name, feed_rate in feed.items()) + " (target >= 1.0)")
     if args.device != "cuda":
-        print("not measured here (no CUDA device): every figure above on a GPU, decode_jpeg on the GPU, peak GPU memory")
+        print("not measured here (no CUDA device): every figure above on a GPU, decode_jpeg on the GPU (nvJPEG) and "
+              "its pixel difference from the CPU decode, peak GPU memory")
+    else:
+        print(f"decode_jpeg on {name} vs CPU, same frames: max |difference| {gpu_decode_difference(manifest, args):.0f} "
+              f"levels of 255")
 
 
 if __name__ == "__main__":
