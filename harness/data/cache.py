@@ -22,7 +22,6 @@ how a sweep proves it decoded each video once.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import shutil
@@ -45,6 +44,7 @@ from harness.data.face_crops import (FACE_BOXES_FILE, face_box_store_for, face_s
                                      write_face_boxes_csv)
 from harness.data.readers import FrameReader, _LRU, resolve_backend
 from harness.errors import DataError
+from harness.io import file_lock
 
 __all__ = ["FrameCache", "CachedReader", "CacheStats", "frame_cache_for", "build_cache", "cache_root", "snap_to_stride", "DEFAULT_CACHE_FOLDER"]
 
@@ -116,21 +116,8 @@ class FrameCache:
     @contextmanager
     def _video_lock(self, video: str, blocking: bool) -> Iterator[bool]:
         """Hold the video's lock (True), or yield False at once when another process holds it and not blocking."""
-        folder = video_folder(self.dir, video)
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+        with file_lock(video_folder(self.dir, video) / ".lock", blocking) as held:
+            yield held
 
     def ensure(self, video: str, n_frames: int, reader: FrameReader, blocking: bool = True) -> bool | None:
         """Make sure the video's entry exists: True if this call decoded it, False if it was there,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from harness.data.face_tracks import link_tracks, pick_track, smooth_track, squa
 from harness.data.entries import stamped_entry
 from harness.data.readers import FrameReader, _LRU, make_reader, resize_frame, resolve_backend
 from harness.errors import DataError
+from harness.io import atomic_path
 
 __all__ = [
     "VideoFaces",
@@ -105,13 +105,12 @@ class FaceBoxStore:
 
     def save(self, video: str, faces: VideoFaces) -> None:
         path = self.path(video)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Written under a per-process name and renamed: two loader workers may find the same face at once.
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, boxes=faces.boxes, scores=faces.scores, width=faces.width, height=faces.height,
-                 detected_fraction=faces.detected_fraction)
-        os.replace(tmp, path)
-        for stale in path.parent.glob("*.npz"):  # boxes of earlier versions of this file
+        # Written atomically: two loader workers may find the same face at once.
+        with atomic_path(path) as tmp:
+            np.savez(tmp, boxes=faces.boxes, scores=faces.scores, width=faces.width, height=faces.height,
+                     detected_fraction=faces.detected_fraction)
+        # Boxes of earlier versions of this file; a dot-name is another writer's temporary file, still open.
+        for stale in path.parent.glob("[!.]*.npz"):
             if stale != path:
                 stale.unlink(missing_ok=True)
 
@@ -200,8 +199,6 @@ def write_face_boxes_csv(manifest: pd.DataFrame, store: FaceBoxStore, out: Path)
         part["score"] = np.round(faces.scores, 4)
         parts.append(part)
     table = pd.concat(parts) if parts else pd.DataFrame(columns=["video_id", "frame", "x0", "y0", "x1", "y1", "score"])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        table.to_csv(tmp, index=False)
     return len(parts)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from tqdm import tqdm
 
 from harness.config.schema import FFPP_METHODS, DataConfig
 from harness.errors import DataError
+from harness.io import atomic_path
 
 __all__ = [
     "MANIFEST_COLUMNS",
@@ -378,11 +378,8 @@ def read_manifest_csv(path: Path, min_frames: int = 8, progress: bool = True) ->
 
 def write_manifest(df: pd.DataFrame, path: Path) -> None:
     """Write a manifest CSV atomically, so a concurrent reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
 
 
 def _file_stamps(root: Path, paths: Iterable[Path]) -> list[tuple[str, int, int]]:

@@ -9,7 +9,6 @@ cue a temporal model (TSM) is meant to pick up and a per-frame average tends to 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import shutil
 import sys
@@ -23,6 +22,7 @@ from tqdm import tqdm
 
 from harness.config.schema import DataConfig, SyntheticConfig
 from harness.errors import DataError
+from harness.io import atomic_path, file_lock
 
 __all__ = ["generate_synthetic", "ensure_synthetic", "deal_splits", "write_video", "COMPLETE_MARKER", "METADATA_FILE"]
 
@@ -193,15 +193,13 @@ def _artefact_for(method: str, index: int) -> _Artefact:
 
 
 def write_video(path: Path, frames: np.ndarray, fps: float, options: dict[str, str]) -> None:
-    """Write uint8 (F, H, W, 3) frames as h264 yuv420p mp4 with libx264 `options`, through a `.part` file.
+    """Write uint8 (F, H, W, 3) frames as h264 yuv420p mp4 with libx264 `options`, atomically.
 
     Pass "threads": "1" where the bytes must be identical from run to run.
     """
     import av
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    with av.open(str(tmp), mode="w", format="mp4") as container:
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
@@ -209,7 +207,6 @@ def write_video(path: Path, frames: np.ndarray, fps: float, options: dict[str, s
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
         container.mux(stream.encode())
-    tmp.replace(path)
 
 
 def _write_video(path: Path, frames: np.ndarray, fps: float) -> None:
@@ -337,13 +334,9 @@ def ensure_synthetic(data_cfg: DataConfig, progress: bool = True) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     # Two runs starting at once (a sweep's workers) must not write the same files: one generates,
     # the other waits on the lock and then finds the marker.
-    with open(root / ".generate.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if not _is_current(root, cfg, data_cfg.compression):
-                print(f"generating the embedded synthetic FF++-shaped data set in {root} (first use)…", file=sys.stderr)
-                _clear_previous(root)
-                generate_synthetic(root, cfg, data_cfg.compression, progress=progress)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with file_lock(root / ".generate.lock"):
+        if not _is_current(root, cfg, data_cfg.compression):
+            print(f"generating the embedded synthetic FF++-shaped data set in {root} (first use)…", file=sys.stderr)
+            _clear_previous(root)
+            generate_synthetic(root, cfg, data_cfg.compression, progress=progress)
     return root

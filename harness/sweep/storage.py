@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from harness.io import file_lock
 
 __all__ = ["DEFAULT_STORAGE", "open_storage", "storage_lock", "is_url", "journal_path"]
 
@@ -78,14 +78,8 @@ def storage_lock(storage: str | None) -> Iterator[None]:
         return
     else:
         lock_path = Path(str(journal_path(storage)) + ".harness-lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with file_lock(lock_path):
         yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 @contextmanager

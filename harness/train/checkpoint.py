@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from harness.io import atomic_path
 
 __all__ = ["save_checkpoint", "load_checkpoint"]
 
@@ -14,10 +15,8 @@ __all__ = ["save_checkpoint", "load_checkpoint"]
 def save_checkpoint(state: dict[str, Any], path: Path) -> Path:
     """Write to a temp file then rename, so a crash mid-write never leaves a torn checkpoint."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
     return path
 
 
