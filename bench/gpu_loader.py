@@ -43,6 +43,7 @@ from harness.data.device_batch import clips_to_device
 from harness.data.index import build_manifest
 from harness.sweep.estimate import optimizer_step
 from harness.train import trainer
+from harness.train.session import build_session, reseed_loader
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,29 +94,34 @@ def loader_rate(cfg: Config, manifest, device: str) -> float:
 def train_rate(cfg: Config, manifest) -> tuple[float, float]:
     """Clips/s of `train_one_epoch` in the second epoch, and its peak GPU memory in GiB."""
     # The trainer's own session, so channels_last, cudnn.benchmark and the loaders are what `fit` uses.
-    s, _ = trainer._build_session(cfg, manifest, progress=False)
+    s, _ = build_session(cfg, manifest)
+    s.precision = s.pick_precision()
     rate, peak = 0.0, float("nan")
     for epoch in (1, 2):
-        metrics = trainer._train_epoch(s, epoch, progress=False)
-        rate, peak = metrics["clips_per_s"], metrics.get("gpu_peak_mem_mb", float("nan")) / 1024
+        reseed_loader(s.loaders.train, cfg.seed, epoch)
+        if s.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        rate = trainer.train_one_epoch(s, epoch, progress=False)["clips_per_s"]
+        if s.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated() / 2**30
     return rate, peak
 
 
 def step_rate(cfg: Config, manifest, steps: int) -> float:
     """Clips/s of the train step alone: forward, backward and optimizer step on one batch already on the device."""
-    s, _ = trainer._build_session(cfg, manifest, progress=False)
-    precision = trainer._choose_precision(s, None)
+    s, _ = build_session(cfg, manifest)
+    s.precision = s.pick_precision()
     clips = clips_to_device(next(iter(s.loaders.train)), s.device)
     labels = (torch.arange(len(clips), device=s.device) % 2).float()
 
     s.model.train()
     for _ in range(2):  # warm-up: cuDNN autotuning, allocator
-        optimizer_step(s, precision, clips, labels)
+        optimizer_step(s, clips, labels)
     if s.device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(steps):
-        optimizer_step(s, precision, clips, labels)
+        optimizer_step(s, clips, labels)
     if s.device.type == "cuda":
         torch.cuda.synchronize()
     return steps * len(clips) / (time.perf_counter() - t0)

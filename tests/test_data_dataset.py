@@ -13,7 +13,7 @@ from harness.config.schema import AugmentConfig, DataConfig
 from harness.data.dataset import ClipDataset, DrawSampler, build_loaders, class_counts
 from harness.data.index import build_manifest
 from harness.errors import DataError
-from harness.train.trainer import _reseed_loader
+from harness.train.session import reseed_loader
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,7 +108,7 @@ def _balanced_epochs(manifest: pd.DataFrame, num_workers: int, epochs: int = 2, 
     loaders = build_loaders(manifest, cfg, batch_size=batch_size, seed=7)
     out = []
     for epoch in range(epochs):
-        _reseed_loader(loaders.train, 7, epoch)
+        reseed_loader(loaders.train, 7, epoch)
         batches = list(loaders.train)
         out.append({k: torch.cat([b[k] for b in batches]) for k in ("clip", "video_idx")})
     return out
@@ -162,10 +162,10 @@ def test_first_draw_keeps_the_clip_of_a_plain_index(manifest: pd.DataFrame) -> N
 def test_oom_rebatching_keeps_the_balanced_clips(manifest: pd.DataFrame) -> None:
     cfg = _cfg(sampler="balanced", augment=AugmentConfig(hflip=True))
     loaders = build_loaders(manifest, cfg, batch_size=6, seed=4)
-    _reseed_loader(loaders.train, 4, 1)
+    reseed_loader(loaders.train, 4, 1)
     full = torch.cat([b["clip"] for b in loaders.train])
     halved = loaders.with_batch_size(3)
-    _reseed_loader(halved.train, 4, 1)
+    reseed_loader(halved.train, 4, 1)
     assert halved.train.sampler is loaders.train.sampler
     assert torch.equal(torch.cat([b["clip"] for b in halved.train]), full)
 

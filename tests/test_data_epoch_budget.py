@@ -3,6 +3,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,8 @@ from harness.config import load_config
 from harness.config.schema import AugmentConfig, DataConfig
 from harness.data.dataset import DrawSampler, build_loaders
 from harness.data.samplers import StratifiedEpochSampler, class_quotas
-from harness.train.trainer import _reseed_loader, fit
+from harness.train.session import reseed_loader
+from harness.train.trainer import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 3
@@ -92,9 +94,9 @@ def test_workers_give_the_same_draws_and_clips(manifest: pd.DataFrame) -> None:
     def epoch_of(num_workers: int) -> tuple[list[tuple[int, int]], torch.Tensor, torch.Tensor]:
         cfg = _cfg(num_workers=num_workers, augment=AugmentConfig(hflip=True))
         loaders = build_loaders(manifest, cfg, batch_size=5, seed=SEED, clips_per_epoch=20)
-        _reseed_loader(loaders.train, SEED, 1)
+        reseed_loader(loaders.train, SEED, 1)
         pairs = list(loaders.train.sampler)
-        _reseed_loader(loaders.train, SEED, 1)
+        reseed_loader(loaders.train, SEED, 1)
         batches = list(loaders.train)
         return pairs, torch.cat([b["video_idx"] for b in batches]), torch.cat([b["clip"] for b in batches])
 
@@ -133,8 +135,10 @@ def test_fit_trains_the_budgeted_clips(synthetic_root: Path, tmp_path: Path, mon
     seen: list[list[int]] = []
     real_train_one_epoch = trainer.train_one_epoch
 
-    def counting(model, loader, *args, **kwargs):  # records the batch sizes the epoch is made of
+    def counting(s, *args, **kwargs):  # records the batch sizes the epoch is made of
         sizes: list[int] = []
+        loaders = s.loaders
+        loader = loaders.train
 
         class Counted:
             def __len__(self) -> int:
@@ -146,7 +150,12 @@ def test_fit_trains_the_budgeted_clips(synthetic_root: Path, tmp_path: Path, mon
                     yield batch
 
         seen.append(sizes)
-        return real_train_one_epoch(model, Counted(), *args, **kwargs)
+        s.loaders = SimpleNamespace(train=Counted())
+        try:
+            return real_train_one_epoch(s, *args, **kwargs)
+        finally:
+            s.loaders = loaders
+
 
     monkeypatch.setattr(trainer, "train_one_epoch", counting)
     result = fit(cfg, run_dir=tmp_path / "run", progress=False, force_precision="fp32")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from torch import nn
 from harness.config.loading import config_from_dict
 from harness.train.early_stopping import EarlyStopping
 from harness.train.optim import build_optimizer, build_scheduler
+from harness.train.session import Session
 from harness.train.trainer import NonFiniteLoss, train_one_epoch, validation_epochs
 
 
@@ -40,16 +42,22 @@ def _cfg(**train):
     return config_from_dict({"train": {"epochs": 1, **train}, "optim": {"name": "sgd", "lr": 0.5, "weight_decay": 0.0}})
 
 
+def _session(model: nn.Module, batches: list[dict], accum: int) -> Session:
+    """A session around hand-made batches: only what train_one_epoch reads is real."""
+    return Session(
+        cfg=_cfg(grad_accum_steps=accum), device=torch.device("cpu"), loaders=SimpleNamespace(train=batches),
+        class_counts=(1, 1), model=model, loss_fn=nn.BCEWithLogitsLoss(),
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.5), scheduler=None,
+        scaler=torch.amp.GradScaler("cpu", enabled=False), stopper=EarlyStopping("max", 1, 0.0),
+    )
+
+
 def _one_epoch(batches, accum: int):
     torch.manual_seed(0)
     model = TinyClipModel()
-    cfg = _cfg(grad_accum_steps=accum)
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    _, updates = train_one_epoch(
-        model, batches, nn.BCEWithLogitsLoss(), opt, scaler, None, cfg, torch.device("cpu"), 1, 0, progress=False
-    )
-    return model, updates
+    s = _session(model, batches, accum)
+    train_one_epoch(s, 1, progress=False)
+    return model, s.num_updates
 
 
 def test_accumulating_k_micro_batches_equals_one_large_batch() -> None:
@@ -72,9 +80,7 @@ def test_trailing_partial_group_is_still_applied_as_a_mean() -> None:
     torch.manual_seed(0)
     ref = TinyClipModel()
     ref.load_state_dict(m_first.state_dict())
-    opt = torch.optim.SGD(ref.parameters(), lr=0.5)
-    train_one_epoch(ref, micro[2:], nn.BCEWithLogitsLoss(), opt, torch.amp.GradScaler("cpu", enabled=False),
-                    None, _cfg(grad_accum_steps=1), torch.device("cpu"), 1, 0, progress=False)
+    train_one_epoch(_session(ref, micro[2:], accum=1), 1, progress=False)
     m_all, _ = _one_epoch(micro, accum=2)
     for a, b in zip(m_all.parameters(), ref.parameters()):
         torch.testing.assert_close(a, b)

@@ -13,10 +13,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from harness.config.schema import Config
+
+if TYPE_CHECKING:
+    from harness.train.session import Session
 
 __all__ = ["StepTimes", "SweepEstimate", "optimizer_step", "measure_step_times", "estimate_sweep", "format_estimate", "DEMO_EPOCH_FRACTION"]
 
@@ -81,12 +85,10 @@ def _timed_batches(batches, n: int, step) -> float:
     return (time.perf_counter() - start) / done
 
 
-def optimizer_step(session, precision, clips: torch.Tensor, labels: torch.Tensor) -> None:
-    """One forward, backward and optimizer step of a trial's session (`trainer._build_session`) on a batch
-    already on its device: what a training step costs, without the loop's accumulation and bookkeeping."""
-    from harness.train.trainer import _autocast
-
-    with _autocast(session.device, precision, session.cfg):
+def optimizer_step(session: Session, clips: torch.Tensor, labels: torch.Tensor) -> None:
+    """One forward, backward and optimizer step of a trial's session (`build_session`) on a batch already on
+    its device: what a training step costs, without the loop's accumulation and bookkeeping."""
+    with session.autocast():
         logits, _ = session.model(clips)
         loss = session.loss_fn(logits.float(), labels)
     session.scaler.scale(loss).backward()
@@ -100,7 +102,7 @@ def measure_step_times(cfg: Config, n_steps: int = 5) -> StepTimes:
     from harness.data.augment import apply_clip_params
     from harness.data.device_batch import clips_to_device
     from harness.data.index import build_manifest
-    from harness.train.trainer import _autocast, _build_session, _choose_precision
+    from harness.train.session import build_session
 
     # Indexing (and generating the synthetic data) happens once per sweep, not per trial: outside the timing.
     manifest = build_manifest(cfg.data, progress=False)
@@ -111,8 +113,8 @@ def measure_step_times(cfg: Config, n_steps: int = 5) -> StepTimes:
         cache = frame_cache_for(cfg.data)
         uncached = sum(not cache.has(str(path)) for path in manifest["path"].unique())
     start = time.perf_counter()
-    s, _ = _build_session(cfg, manifest, progress=False)
-    precision = _choose_precision(s, None)
+    s, _ = build_session(cfg, manifest)
+    s.precision = s.pick_precision()
     setup_s = time.perf_counter() - start
     device = s.device
 
@@ -124,12 +126,12 @@ def measure_step_times(cfg: Config, n_steps: int = 5) -> StepTimes:
         clips = clips_to_device(batch, device)  # decoding on the device is part of the step's cost too
         if "augment" in batch:  # augmentation on the device is part of a training step's cost
             clips = apply_clip_params(clips, batch["augment"])
-        optimizer_step(s, precision, clips, batch["label"].to(device, non_blocking=True).float())
+        optimizer_step(s, clips, batch["label"].to(device, non_blocking=True).float())
         sync()
 
     @torch.no_grad()
     def val_step(batch: dict) -> None:
-        with _autocast(device, precision, cfg):
+        with s.autocast():
             s.model(clips_to_device(batch, device))
         sync()
 
@@ -141,7 +143,7 @@ def measure_step_times(cfg: Config, n_steps: int = 5) -> StepTimes:
     train_batches = len(s.loaders.train)
     if cfg.train.max_train_batches is not None:
         train_batches = min(train_batches, cfg.train.max_train_batches)
-    return StepTimes(setup_s, train_batch_s, val_batch_s, train_batches, len(s.loaders.val), str(device), precision.label,
+    return StepTimes(setup_s, train_batch_s, val_batch_s, train_batches, len(s.loaders.val), str(device), s.precision.label,
                      uncached)
 
 

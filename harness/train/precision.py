@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["Precision", "requested_precision", "recorded_precision", "label_name", "cpu_flags", "has_native_bf16", "choose_precision", "NATIVE_BF16_FLAGS"]
+__all__ = ["Precision", "requested_precision", "recorded_precision", "label_name", "cpu_flags", "has_native_bf16", "choose_precision", "autocast_for",
+           "NATIVE_BF16_FLAGS"]
 
 log = logging.getLogger(__name__)
 
@@ -151,3 +152,8 @@ def _seconds_per_step(step: Callable[[Precision], Any], precision: Precision, st
         step(precision)
         fastest = min(fastest, time.perf_counter() - t)
     return fastest, time.perf_counter() - start
+
+
+def autocast_for(precision: Precision | None, amp: bool, device_type: str) -> AbstractContextManager:
+    """Autocast in a run's chosen precision; before one is chosen (direct calls), in what `train.amp` asks for."""
+    return (precision or requested_precision(amp, device_type)).autocast(device_type)

@@ -1,4 +1,5 @@
-"""The training loop: `train_one_epoch`, `evaluate` and `fit`, reporting only through callbacks.
+"""The training loop: `train_one_epoch`, `evaluate` and `fit` over a run's `Session` (session.py),
+reporting only through callbacks.
 
 Model selection, early stopping and pruning see the val split only; the test split is scored
 once, at the end, with the best checkpoint. Resumable state is one dict saved as `last.pt`.
@@ -14,8 +15,6 @@ import copy
 import json
 import logging
 import math
-import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,16 +27,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from harness.config.loading import save_config
-from harness.config.schema import Config, TrainConfig
+from harness.config.schema import Config
 from harness.data.augment import apply_clip_params
 from harness.data.device_batch import clips_to_device
 from harness.errors import ConfigError
 from harness.faults import Faults
+from harness.io import write_text_atomic
 from harness.train.callbacks import Callback, RunInfo
 from harness.train.checkpoint import load_checkpoint, save_checkpoint
-from harness.train.early_stopping import EarlyStopping
 from harness.train.metrics import attention_entropy, clip_and_video_metrics, metric_mode
-from harness.train.precision import Precision, choose_precision, requested_precision
+from harness.train.precision import Precision, autocast_for
+from harness.train.session import Session, batching_of, build_session, reseed_loader
 
 __all__ = [
     "TrainResult",
@@ -45,9 +45,6 @@ __all__ = [
     "fit",
     "train_one_epoch",
     "evaluate",
-    "resolve_device",
-    "seed_everything",
-    "configure_determinism",
     "validation_epochs",
     "is_out_of_memory",
 ]
@@ -88,78 +85,20 @@ class TrainResult:
     bad_videos: list[str] = field(default_factory=list)  # videos that failed to decode during the run
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def configure_determinism(train: TrainConfig) -> None:
-    """Set torch's process-wide kernel choices from `train.deterministic` (and `train.cudnn_benchmark`).
-
-    Every run sets them, on or off, so one run's choice never leaks into the next run of a sweep worker.
-    """
-    on = train.deterministic
-    if on:
-        # cuBLAS reads this when it creates its first handle and workspace, i.e. at the process's first
-        # cuBLAS call; set later, it has no effect (deterministic mode then warns at each such call).
-        # fit sets it before building the model, so only an earlier run in the same process can be first.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.backends.cudnn.deterministic = on
-    # Benchmark mode times candidate kernels and may pick another one in the next run.
-    torch.backends.cudnn.benchmark = train.cudnn_benchmark and not on
-    # warn_only: an op without a deterministic kernel warns instead of failing the run.
-    torch.use_deterministic_algorithms(on, warn_only=True)
-
-
 def validation_epochs(epochs: int, val_every: int) -> list[int]:
     """Epochs (1-based) that validate: every `val_every`-th and always the last."""
     return sorted({e for e in range(val_every, epochs + 1, val_every)} | {epochs})
 
 
-def _autocast(device: torch.device, precision: Precision | None, cfg: Config):
-    """Autocast in the run's chosen precision; without one (direct calls), in what train.amp asks for."""
-    return (precision or requested_precision(cfg.train.amp, device.type)).autocast(device.type)
-
-
-def _reseed_loader(loader: torch.utils.data.DataLoader, seed: int, epoch: int) -> None:
-    """Shuffling depends on (seed, epoch) alone, so a resumed run draws the same batches."""
-    generator = getattr(loader.sampler, "generator", None) or loader.generator
-    if generator is not None:
-        generator.manual_seed(seed * 1_000_003 + epoch)
-    dataset = loader.dataset
-    if hasattr(dataset, "set_epoch"):
-        dataset.set_epoch(epoch)
-
-
-def train_one_epoch(
-    model: nn.Module,
-    loader: torch.utils.data.DataLoader,
-    loss_fn: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    scheduler: Any,
-    cfg: Config,
-    device: torch.device,
-    epoch: int,
-    num_updates: int,
-    progress: bool = True,
-    faults: Faults | None = None,
-    precision: Precision | None = None,
-) -> tuple[dict[str, float], int]:
-    """One pass over the train loader with gradient accumulation; returns (metrics, optimizer updates so far)."""
-    faults = faults or Faults()
-    model.train()
+def train_one_epoch(s: Session, epoch: int, progress: bool = True) -> dict[str, float]:
+    """One pass over the session's train loader with gradient accumulation; counts its updates in `s.num_updates`."""
+    cfg, device = s.cfg, s.device
+    s.model.train()
     accum = cfg.train.grad_accum_steps
+    loader = s.loaders.train
     n_batches = len(loader) if cfg.train.max_train_batches is None else min(len(loader), cfg.train.max_train_batches)
     loss_sum, n_clips, n_replaced, start = 0.0, 0, 0, time.perf_counter()
-    optimizer.zero_grad(set_to_none=True)
+    s.optimizer.zero_grad(set_to_none=True)
     bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False, disable=not progress, unit="batch")
     for i, batch in enumerate(loader):
         if i >= n_batches:
@@ -171,21 +110,21 @@ def train_one_epoch(
         group_start = (i // accum) * accum
         # The trailing partial group divides by its own size, so its step is a true mean too.
         group_size = min(accum, n_batches - group_start)
-        faults.check_batch(len(labels), training=True)
-        with _autocast(device, precision, cfg):
-            logits, _ = model(clips)
-            loss = faults.poison_loss(loss_fn(logits.float(), labels), epoch, i)
+        s.faults.check_batch(len(labels), training=True)
+        with s.autocast():
+            logits, _ = s.model(clips)
+            loss = s.faults.poison_loss(s.loss_fn(logits.float(), labels), epoch, i)
         if not torch.isfinite(loss):
             bar.close()
             raise NonFiniteLoss(f"loss became {loss.item()} at epoch {epoch}, batch {i + 1}")
-        scaler.scale(loss / group_size).backward()
+        s.scaler.scale(loss / group_size).backward()
         if i + 1 == group_start + group_size:
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            num_updates += 1
-            if scheduler is not None:
-                scheduler.step_update(num_updates)
+            s.scaler.step(s.optimizer)
+            s.scaler.update()
+            s.optimizer.zero_grad(set_to_none=True)
+            s.num_updates += 1
+            if s.scheduler is not None:
+                s.scheduler.step_update(s.num_updates)
         loss_sum += loss.item() * len(labels)
         n_clips += len(labels)
         if "replaced" in batch:  # ClipDataset items say so; hand-made batches need not
@@ -196,13 +135,13 @@ def train_one_epoch(
     seconds = time.perf_counter() - start
     metrics = {
         "train_loss": loss_sum / max(1, n_clips),
-        "lr": optimizer.param_groups[0]["lr"],
+        "lr": s.optimizer.param_groups[0]["lr"],
         "clips_per_s": n_clips / max(seconds, 1e-9),
         "epoch_seconds": seconds,
     }
     if n_replaced:
         metrics["replaced_clips"] = n_replaced
-    return metrics, num_updates
+    return metrics
 
 
 @torch.no_grad()
@@ -238,7 +177,7 @@ def evaluate(
             skipped += int((~valid).sum())
             clips, target, videos = clips[valid.to(device)], target[valid.to(device)], torch.as_tensor(videos)[valid]
         faults.check_batch(len(target))
-        with _autocast(device, precision, cfg):
+        with autocast_for(precision, cfg.train.amp, device.type):
             logits, weights = model(clips)
         logits = logits.float()
         loss_sum += loss_fn(logits, target).item() * len(target)
@@ -277,124 +216,6 @@ def _metric(metrics: dict[str, float], name: str, key: str) -> float:
     return metrics[name]
 
 
-@dataclass
-class _Session:
-    """Everything one run trains with; `state_dict()` is the whole resumable state, saved as `last.pt`."""
-
-    cfg: Config
-    device: torch.device
-    loaders: Any
-    class_counts: tuple[int, int]
-    model: nn.Module
-    loss_fn: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    scaler: torch.amp.GradScaler
-    stopper: EarlyStopping
-    faults: Faults = field(default_factory=Faults)
-    precision: Precision | None = None  # decided once per run (see fit), then kept across resumes
-    epoch: int = 0
-    num_updates: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
-    train_history: list[dict[str, float]] = field(default_factory=list)
-    events: list[dict[str, Any]] = field(default_factory=list)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "early_stop": self.stopper.state_dict(),
-            "epoch": self.epoch,
-            "num_updates": self.num_updates,
-            "history": self.history,
-            "train_history": self.train_history,
-            **_rng_state(self.device),
-            "precision": self.precision.state_dict() if self.precision is not None else None,
-            "config": self.cfg.model_dump(mode="json"),
-            # What an out-of-memory back-off changed, so a resumed run starts at the size that fitted.
-            "batching": _batching(self.cfg),
-            "events": self.events,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.stopper.load_state_dict(state["early_stop"])
-        self.epoch, self.num_updates = state["epoch"], state["num_updates"]
-        self.history, self.train_history = list(state["history"]), list(state["train_history"])
-        self.events = list(state.get("events", []))
-        _set_rng_state(state, self.device)
-        if state.get("precision"):
-            self.precision = Precision(**state["precision"])
-        batching = state.get("batching")
-        if batching and batching != _batching(self.cfg):
-            self.set_batching(**batching)
-        if self.scheduler is not None:
-            # The schedule is a pure function of the update count, so it needs no state of its own.
-            self.scheduler.step_update(self.num_updates)
-
-    def set_batching(self, batch_size: int, grad_accum_steps: int, max_train_batches: int | None) -> None:
-        """Change the micro-batch (and what goes with it) and rebuild the loaders over the same datasets."""
-        train = self.cfg.train.model_copy(
-            update={"batch_size": batch_size, "grad_accum_steps": grad_accum_steps, "max_train_batches": max_train_batches}
-        )
-        self.cfg = self.cfg.model_copy(update={"train": train})
-        self.loaders = self.loaders.with_batch_size(batch_size)
-
-    def report(self, epoch: int, kind: str, message: str, values: dict[str, float], callbacks: Callback, **detail: Any) -> None:
-        """Log an adjustment or a skip, keep it for `last.pt` and the result, and tell the callbacks."""
-        log.warning(message)
-        self.events.append({"epoch": epoch, "kind": kind, "message": message, **values, **detail})
-        callbacks.on_event(epoch, kind, message, values)
-
-
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    """Every global random stream a run draws from, so a resumed run continues them, not restarts them.
-
-    numpy's state is stored as tensors and ints, which a weights_only load accepts.
-    """
-    np_state = np.random.get_state(legacy=False)
-    version, python_state, gauss_next = random.getstate()
-    state = {
-        "torch_rng": torch.get_rng_state(),
-        "numpy_rng": {
-            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-            "pos": int(np_state["state"]["pos"]),
-            "has_gauss": int(np_state["has_gauss"]),
-            "gauss": float(np_state["gauss"]),
-        },
-        "python_rng": {"version": version, "state": list(python_state), "gauss_next": gauss_next},
-    }
-    if device.type == "cuda":
-        state["cuda_rng"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    """Restore what `_rng_state` saved; older checkpoints without numpy, Python or CUDA states keep those as seeded."""
-    torch.set_rng_state(state["torch_rng"].cpu())
-    if "numpy_rng" in state:
-        saved = state["numpy_rng"]
-        np.random.set_state({
-            "bit_generator": "MT19937",
-            "state": {"key": saved["key"].cpu().numpy().astype(np.uint32), "pos": saved["pos"]},
-            "has_gauss": saved["has_gauss"],
-            "gauss": saved["gauss"],
-        })
-    if "python_rng" in state:
-        saved = state["python_rng"]
-        random.setstate((saved["version"], tuple(saved["state"]), saved["gauss_next"]))
-    if device.type == "cuda" and "cuda_rng" in state:
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
-
-
-def _batching(cfg: Config) -> dict[str, int | None]:
-    t = cfg.train
-    return {"batch_size": t.batch_size, "grad_accum_steps": t.grad_accum_steps, "max_train_batches": t.max_train_batches}
-
-
 def _cpu_copy(obj: Any) -> Any:
     """A deep copy with every tensor on the CPU, so a snapshot costs no GPU memory."""
     if isinstance(obj, torch.Tensor):
@@ -406,7 +227,7 @@ def _cpu_copy(obj: Any) -> Any:
     return copy.deepcopy(obj)
 
 
-def _halve_batch(s: _Session, epoch: int, error: str, callbacks: Callback) -> None:
+def _halve_batch(s: Session, epoch: int, error: str, callbacks: Callback) -> None:
     """Halve the micro-batch and double accumulation, or raise OutOfMemoryAtFloor when that is not allowed."""
     t = s.cfg.train
     smaller = t.batch_size // 2
@@ -427,7 +248,7 @@ def _halve_batch(s: _Session, epoch: int, error: str, callbacks: Callback) -> No
     )
 
 
-def _with_oom_backoff(s: _Session, epoch: int, callbacks: Callback, step: Any, rollback: bool) -> Any:
+def _with_oom_backoff(s: Session, epoch: int, callbacks: Callback, step: Any, rollback: bool) -> Any:
     """Run `step()`; on out of memory shrink the micro-batch and run it again.
 
     With `rollback` the session first returns to its state before the step, so a half-trained
@@ -444,11 +265,11 @@ def _with_oom_backoff(s: _Session, epoch: int, callbacks: Callback, step: Any, r
         # Outside the except block, so the failed step's frames (and their GPU tensors) are freed first.
         if snapshot is not None:
             # Back to the weights and counters of before the step, keeping the smaller batches and the log.
-            s.load_state_dict({**snapshot, "batching": _batching(s.cfg), "events": list(s.events)})
+            s.load_state_dict({**snapshot, "batching": batching_of(s.cfg), "events": list(s.events)})
         _halve_batch(s, epoch, message, callbacks)
 
 
-def _report_bad_videos(s: _Session, epoch: int, callbacks: Callback) -> None:
+def _report_bad_videos(s: Session, epoch: int, callbacks: Callback) -> None:
     known = {e["path"] for e in s.events if e["kind"] == "bad_video"}
     for split, dataset in (("train", s.loaders.train_dataset), ("val", s.loaders.val_dataset),
                            ("test", s.loaders.test_dataset)):
@@ -461,51 +282,7 @@ def _report_bad_videos(s: _Session, epoch: int, callbacks: Callback) -> None:
             known.add(path)
 
 
-def _build_session(cfg: Config, manifest: pd.DataFrame | None, progress: bool) -> tuple[_Session, pd.DataFrame]:
-    from harness.data.dataset import build_loaders, class_counts
-    from harness.data.index import build_manifest
-    from harness.model.detector import build_detector
-    from harness.train.losses import build_loss
-    from harness.train.optim import build_optimizer, build_scheduler
-
-    device = resolve_device(cfg.train.device)
-    configure_determinism(cfg.train)  # before the model reaches the device: see CUBLAS_WORKSPACE_CONFIG there
-    seed_everything(cfg.seed)
-    # The model first, straight after seeding: its initial weights then depend on the seed and the
-    # model config alone, not on what indexing or data loading happen to draw for another data config.
-    model = build_detector(cfg.model, cfg.data.n_segment).to(device)
-    if manifest is None:
-        manifest = build_manifest(cfg.data, progress=progress)
-    loaders = build_loaders(manifest, cfg.data, cfg.train.batch_size, cfg.seed, device.type,
-                            clips_per_epoch=cfg.train.clips_per_epoch)
-    counts = class_counts(manifest, "train")
-    if device.type == "cuda" and cfg.train.channels_last:
-        # NHWC convolutions: 883 -> 1786 clips/s (fp32) and 751 -> 950 (AMP) at batch 32x8x224 on an H200;
-        # CPUs gain nothing from it, so it stays off there.
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, cfg.optim)
-    n_batches = len(loaders.train)
-    if cfg.train.max_train_batches is not None:
-        n_batches = min(n_batches, cfg.train.max_train_batches)
-    updates_per_epoch = math.ceil(n_batches / cfg.train.grad_accum_steps)
-    session = _Session(
-        cfg=cfg,
-        device=device,
-        loaders=loaders,
-        class_counts=counts,
-        model=model,
-        loss_fn=build_loss(cfg.loss, counts).to(device),
-        optimizer=optimizer,
-        scheduler=build_scheduler(optimizer, cfg.optim, cfg.train.epochs, updates_per_epoch),
-        # fp16 needs loss scaling against underflow; bf16 (CPU autocast) and fp32 do not.
-        scaler=torch.amp.GradScaler(device.type, enabled=cfg.train.amp and device.type == "cuda"),
-        stopper=EarlyStopping(cfg.early_stop.mode, cfg.early_stop.patience, cfg.early_stop.min_delta),
-        faults=Faults.from_env(),
-    )
-    return session, manifest
-
-
-def _run_info(s: _Session, run_dir: Path, manifest: pd.DataFrame) -> RunInfo:
+def _run_info(s: Session, run_dir: Path, manifest: pd.DataFrame) -> RunInfo:
     return RunInfo(
         config=s.cfg,
         run_dir=run_dir,
@@ -521,38 +298,13 @@ def _run_info(s: _Session, run_dir: Path, manifest: pd.DataFrame) -> RunInfo:
     )
 
 
-def _choose_precision(s: _Session, force: str | None) -> Precision:
-    """train.amp's precision for this device and CPU, timing a few steps of a copy of the model where that decides."""
-    clip_shape = (min(2, s.cfg.train.batch_size), s.cfg.data.n_segment, 3, s.cfg.data.input_size, s.cfg.data.input_size)
-    probe: dict[str, Any] = {}
-
-    def step(precision: Precision) -> None:
-        # Built on first use: the copy and clips cost nothing where no probe runs (fp32, CUDA, no native bf16).
-        if not probe:
-            probe["model"] = copy.deepcopy(s.model).train()  # the run's weights and BN statistics stay untouched
-            probe["clips"] = torch.randint(0, 256, clip_shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-            probe["labels"] = (torch.arange(clip_shape[0]) % 2).float()
-        model = probe["model"]
-        with precision.autocast(s.device.type):
-            logits, _ = model(probe["clips"].to(s.device))
-        s.loss_fn(logits.float(), probe["labels"].to(s.device)).backward()
-        model.zero_grad(set_to_none=True)
-
-    # Forked: dropout in the probe must not move the run's random stream.
-    with torch.random.fork_rng(devices=[]):
-        return choose_precision(s.cfg.train.amp, s.device.type, step, force=force)
-
-
-def _train_epoch(s: _Session, epoch: int, progress: bool) -> dict[str, float]:
+def _train_epoch(s: Session, epoch: int, progress: bool) -> dict[str, float]:
     """One epoch of training plus the per-epoch CUDA housekeeping the advice asks for."""
-    _reseed_loader(s.loaders.train, s.cfg.seed, epoch)
+    reseed_loader(s.loaders.train, s.cfg.seed, epoch)
     cuda = s.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(s.device)
-    metrics, s.num_updates = train_one_epoch(
-        s.model, s.loaders.train, s.loss_fn, s.optimizer, s.scaler, s.scheduler, s.cfg, s.device, epoch,
-        s.num_updates, progress, s.faults, s.precision,
-    )
+    metrics = train_one_epoch(s, epoch, progress)
     if cuda:
         metrics["gpu_peak_mem_mb"] = torch.cuda.max_memory_allocated(s.device) / 2**20
         if s.cfg.train.empty_cache_each_epoch:
@@ -560,7 +312,7 @@ def _train_epoch(s: _Session, epoch: int, progress: bool) -> dict[str, float]:
     return metrics
 
 
-def _validate(s: _Session, epoch: int, best_path: Path, callbacks: Callback) -> bool:
+def _validate(s: Session, epoch: int, best_path: Path, callbacks: Callback) -> bool:
     """Validate, step early stopping, save `best` on improvement; returns the callbacks' verdict."""
     metrics, _ = _with_oom_backoff(
         s, epoch, callbacks,
@@ -596,12 +348,12 @@ def _validate(s: _Session, epoch: int, best_path: Path, callbacks: Callback) -> 
     return callbacks.on_validation(epoch, metrics)
 
 
-def _best_threshold(s: _Session) -> float | None:
+def _best_threshold(s: Session) -> float | None:
     """The video threshold chosen on the best validation (best.pt holds the same value)."""
     return next((h.get("val_video_threshold") for h in s.history if h["epoch"] == s.stopper.best_epoch), None)
 
 
-def _write_run_state(run_dir: Path, s: _Session, best_path: Path) -> None:
+def _write_run_state(run_dir: Path, s: Session, best_path: Path) -> None:
     """A human-readable sidecar of where the run stands; `last.pt` holds the full state."""
     state = {
         "epoch": s.epoch,
@@ -612,12 +364,10 @@ def _write_run_state(run_dir: Path, s: _Session, best_path: Path) -> None:
         "last_model_path": str((run_dir / "last.pt").resolve()),
         "precision": s.precision.label if s.precision is not None else None,
     }
-    tmp = run_dir / ".run_state.json.tmp"
-    tmp.write_text(json.dumps(state, indent=2))
-    tmp.replace(run_dir / "run_state.json")
+    write_text_atomic(run_dir / "run_state.json", json.dumps(state, indent=2))
 
 
-def _score_test(s: _Session, result: TrainResult, callbacks: Callback) -> None:
+def _score_test(s: Session, result: TrainResult, callbacks: Callback) -> None:
     """Score the test split once, with the best checkpoint at the video threshold its validation chose."""
     best = load_checkpoint(result.best_model_path, map_location=s.device)
     s.model.load_state_dict(best["model"])
@@ -655,11 +405,11 @@ def fit(
     run_dir = Path(run_dir or cfg.train.output_dir / time.strftime("run-%Y%m%d-%H%M%S"))
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml", header="resolved config of this run")
-    s, manifest = _build_session(cfg, manifest, progress)
+    s, manifest = build_session(cfg, manifest, progress)
     if resume is not None:
         s.load_state_dict(load_checkpoint(resume, map_location=s.device))
     if s.precision is None or force_precision is not None:
-        s.precision = _choose_precision(s, force_precision)
+        s.precision = s.pick_precision(force_precision)
     callbacks.on_run_start(_run_info(s, run_dir, manifest))
 
     best_path, last_path = run_dir / "best.pt", run_dir / "last.pt"
