@@ -44,7 +44,7 @@ from harness.data.face_crops import (FACE_BOXES_FILE, face_box_store_for, face_s
                                      write_face_boxes_csv)
 from harness.data.readers import FrameReader, _LRU, resolve_backend
 from harness.errors import DataError
-from harness.io import file_lock
+from harness.io import atomic_path, file_lock
 
 __all__ = ["FrameCache", "CachedReader", "CacheStats", "frame_cache_for", "build_cache", "cache_root", "snap_to_stride", "DEFAULT_CACHE_FOLDER"]
 
@@ -138,19 +138,15 @@ class FrameCache:
 
     def _write_entry(self, video: str, n_frames: int, entry: Path, reader: FrameReader) -> None:
         stored = np.arange(0, n_frames, self.stride)
-        tmp = entry.with_name(f".{entry.stem}.{os.getpid()}.tmp{entry.suffix}")
-        out = None
-        try:
+        with atomic_path(entry) as tmp:
             out = open_frame_writer(tmp, self.frame_format, self.quality, len(stored), self.size, self.size)
-            for start in range(0, len(stored), _CHUNK):
-                out.append(reader.read(video, stored[start:start + _CHUNK], self.size))
-            out.finish()
-            os.replace(tmp, entry)
-        except BaseException:
-            if out is not None:
-                out.abort()
-            tmp.unlink(missing_ok=True)
-            raise
+            try:
+                for start in range(0, len(stored), _CHUNK):
+                    out.append(reader.read(video, stored[start:start + _CHUNK], self.size))
+                out.finish()
+            except BaseException:
+                out.abort()  # closes the file (or map), so the temporary file can go
+                raise
         for stale in entry.parent.glob(f"[!.]*{self._suffix}"):  # entries of earlier versions of this file
             if stale != entry:
                 stale.unlink(missing_ok=True)
