@@ -151,3 +151,27 @@ def test_data_paths_expand_the_home_folder() -> None:
 
     cfg = DataConfig(root="~/ffpp", cache_dir="~/cache", manifest="~/m.csv")
     assert (cfg.root, cfg.cache_dir, cfg.manifest) == (Path.home() / "ffpp", Path.home() / "cache", Path.home() / "m.csv")
+
+
+def test_dotted_keys_are_looked_up_in_the_schema() -> None:
+    from harness.config.keys import default_of, key_problem, known_keys, normalise, number_type, value_problem
+
+    assert known_keys("optim.scheduler") == ["type", "warmup_epochs", "min_lr"] and known_keys("optim.lr") == []
+    assert key_problem("optim.scheduler.min_lr") is None
+    assert "'lrr' is unknown; allowed under 'optim': name, lr" in key_problem("optim.lrr")
+    assert "names a section; choose one of its keys: type, warmup_epochs, min_lr" in key_problem("optim.scheduler")
+    assert (number_type("optim.lr"), number_type("loss.gamma"), number_type("train.epochs")) == (float, float, int)
+    assert number_type("model.aggregate") is None
+    assert normalise("optim.lr", "3e-4") == 3e-4 and normalise("optim.lr", "fast") == "fast"
+    assert "optim.lr must be valid for the schema, but got -1" in value_problem("optim.lr", -1)
+    assert default_of("train.val_every") == 1
+
+
+def test_overrides_of_config_keys_are_read_as_the_key_holds_them() -> None:
+    # YAML alone would make 1e3 a string for a float key and 2024 a number for a text key.
+    assert parse_override("optim.lr=1e3") == ("optim.lr", 1000.0)
+    assert parse_override("tracking.run_name=1e3") == ("tracking.run_name", "1e3")
+    cfg = load_config([ROOT / "baseline.yaml"], ["tracking.experiment=2024", "optim.lr=3e-4"])
+    assert (cfg.tracking.experiment, cfg.optim.lr) == ("2024", 3e-4)
+    # Keys outside the run config (`harness synth --set n_sources=60`) keep the YAML reading.
+    assert parse_override("artefact_strength=3e-1") == ("artefact_strength", 0.3)

@@ -185,25 +185,25 @@ def test_inactive_or_missing_params_are_refused_by_config_for() -> None:
 def test_unknown_key_is_refused_naming_file_and_param(tmp_path: Path) -> None:
     path = write_space(tmp_path, {**KNOBS, "model.fold_dv": {"type": "categorical", "choices": [4]}})
     text = str(refusal(path))
-    assert str(path) in text and "param 'model.fold_dv'" in text and "fold_div" in text
+    assert f"{path}: key 'params.model.fold_dv': 'model.fold_dv' must be a config key" in text and "fold_div" in text
 
 
 def test_unknown_key_in_a_bundle_is_refused(tmp_path: Path) -> None:
     bundle = {"type": "categorical", "choices": {"a": {"loss.auto_pos_weigh": True}}}
     text = str(refusal(write_space(tmp_path, {"bal": bundle})))
-    assert "param 'bal'" in text and "loss.auto_pos_weigh" in text
+    assert "key 'params.bal.choices.a'" in text and "loss.auto_pos_weigh" in text
 
 
 def test_float_range_on_a_literal_key_is_refused(tmp_path: Path) -> None:
     path = write_space(tmp_path, {**KNOBS, "model.aggregate": {"type": "float", "low": 0.0, "high": 1.0}})
     text = str(refusal(path))
-    assert str(path) in text and "param 'model.aggregate'" in text and "a float range needs a float key" in text
+    assert f"{path}: key 'params.model.aggregate.type': a float range needs a float key" in text
 
 
 def test_choice_the_schema_refuses_is_refused(tmp_path: Path) -> None:
     params = {**KNOBS, "model.aggregate": {"type": "categorical", "choices": ["mean", "max"]}}
     text = str(refusal(write_space(tmp_path, params)))
-    assert "param 'model.aggregate'" in text and "'max'" in text
+    assert "key 'params.model.aggregate.choices.1'" in text and "'max'" in text
 
 
 def test_choice_that_breaks_a_cross_field_rule_is_blamed_on_its_param(tmp_path: Path) -> None:
@@ -219,36 +219,75 @@ def test_params_that_only_fail_together_are_named_together(tmp_path: Path) -> No
     assert "loss.type='bce'" in text and "loss.gamma" in text
 
 
-def test_empty_and_log_ranges_are_refused_all_at_once(tmp_path: Path) -> None:
+def test_problems_are_refused_all_at_once_the_files_shape_first_then_its_keys(tmp_path: Path) -> None:
     params = {
         **KNOBS,
         "optim.lr": {"type": "float", "low": 3.0e-3, "high": 1.0e-5},
         "optim.weight_decay": {"type": "float", "low": 0.0, "high": 0.1, "log": True},
         "train.epochs": {"type": "int", "low": 10, "high": 30},
+        "model.fold_dv": {"type": "categorical", "choices": [4]},
     }
     path = write_space(tmp_path, params, study={"sampler": {"type": "cmaes"}})
-    error = refusal(path)
-    lines = error.problems
-    assert all(str(path) in line for line in lines)
-    assert any("param 'optim.lr'" in l and "`low <= high` must hold, but got (low=0.003, high=1e-05)" in l for l in lines)
-    assert any("param 'optim.weight_decay'" in l and "`low > 0` must hold for `log=True`" in l for l in lines)
-    assert any("param 'train.epochs'" in l and "pruners compare trials" in l for l in lines)
-    assert any("study" in l and "tpe" in l and "'cmaes'" in l for l in lines)
-    assert len(lines) == 4
+    lines = refusal(path).problems
+    assert all(line.startswith(f"{path}: key '") for line in lines)
+    assert any("'params.optim.lr'" in l and "`low <= high` must hold, but got (low=0.003, high=1e-05)" in l for l in lines)
+    assert any("'params.optim.weight_decay'" in l and "`low > 0` must hold for `log=True`" in l for l in lines)
+    assert any("'study.sampler'" in l and "tpe" in l and "'cmaes'" in l for l in lines)
+    assert len(lines) == 3
+    # With the file's shape right, what the config schema refuses comes next, all of it together.
+    params["optim.lr"] = KNOBS["optim.lr"]
+    params["optim.weight_decay"] = {"type": "float", "low": 1.0e-4, "high": 0.1, "log": True}
+    lines = refusal(write_space(tmp_path, params)).problems
+    assert any("'params.train.epochs'" in l and "pruners compare trials" in l for l in lines)
+    assert any("'params.model.fold_dv'" in l and "must be a config key" in l for l in lines)
+    assert len(lines) == 2
+
+
+def test_shape_problems_are_one_line_each_naming_file_and_key_like_config_errors(tmp_path: Path) -> None:
+    params = {
+        "optim.lr": {"type": "flot", "low": 1.0e-4, "high": 1.0e-2},
+        "model.fold_div": {"type": "categorical", "choices": [4, 8], "step": 1},
+        "model.aggregate": {"type": "categorical", "choices": [["mean"], "attention"]},
+        "train.batch_size": {"type": "int", "low": 1.5, "high": 8},
+    }
+    path = write_space(tmp_path, params, junk=1)
+    lines = refusal(path).problems
+    assert f"{path}: unknown key 'junk'; allowed here: base, fixed, overlays, params, study" in lines
+    assert f"{path}: unknown key 'params.model.fold_div.step'; allowed here: choices, otherwise, type, when" in lines
+    assert f"{path}: key 'params.train.batch_size.low': Input should be a valid integer, but got 1.5" in lines
+    assert any(l.startswith(f"{path}: key 'params.optim.lr': a param must be a mapping whose `type` is one of float, int, categorical") for l in lines)
+    assert any(l.startswith(f"{path}: key 'params.model.aggregate.choices.0': a choice must be null, bool") for l in lines)
+    assert len(lines) == 5
+
+
+def test_yaml_quirks_read_as_meant(tmp_path: Path) -> None:
+    path = tmp_path / "space.yaml"
+    # PyYAML reads 1e-5 (no dot) as a string, and an empty entry as null.
+    path.write_text(
+        f"base: {ROOT / 'baseline.yaml'}\noverlays:\nfixed:\nstudy:\n  enqueue:\nparams:\n"
+        "  optim.lr: {type: float, low: 1e-5, high: 3e-3, log: true, when: }\n"
+        "  train.batch_size: {type: int, low: 8.0, high: 32, step: 8}\n"
+    )
+    space = load_space(path)
+    assert space.distributions() == {
+        "optim.lr": optuna.distributions.FloatDistribution(1.0e-5, 3.0e-3, log=True),
+        "train.batch_size": optuna.distributions.IntDistribution(8, 32, step=8),
+    }
+    assert space.base == (ROOT / "baseline.yaml",) and space.overlays == () and space.fixed == {}
 
 
 def test_val_every_as_a_param_is_refused(tmp_path: Path) -> None:
     path = write_space(tmp_path, {**KNOBS, "train.val_every": {"type": "categorical", "choices": [1, 2]}}, fixed={})
     text = str(refusal(path))
-    assert str(path) in text and "param 'train.val_every'" in text
+    assert f"{path}: key 'params.train.val_every'" in text
     assert "median/percentile pruners compare trials' reports at the same step" in text
 
 
 def test_bad_sampler_and_pruner_names_list_the_choices(tmp_path: Path) -> None:
     study = {"sampler": {"type": "tpee"}, "pruner": {"type": "medain"}}
     lines = refusal(write_space(tmp_path, study=study)).problems
-    assert any(str(tmp_path) in l and "sampler.type` must be one of tpe, random, but got 'tpee'" in l for l in lines)
-    assert any("pruner.type` must be one of median, percentile, successive_halving, hyperband, none" in l for l in lines)
+    assert any(str(tmp_path) in l and "key 'study.sampler': `type` must be one of tpe, random, but got 'tpee'" in l for l in lines)
+    assert any("key 'study.pruner': `type` must be one of median, percentile, successive_halving, hyperband, none" in l for l in lines)
 
 
 def test_wrong_sampler_arguments_are_refused_before_any_trial(tmp_path: Path) -> None:
@@ -264,14 +303,14 @@ def test_unknown_condition_and_cycles_are_refused(tmp_path: Path) -> None:
     }
     lines = refusal(write_space(tmp_path, params)).problems
     assert any("cycle" in l and "model.fold_div" in l and "model.aggregate" in l for l in lines)
-    assert any("param 'loss.type'" in l and "'optim.nope'" in l for l in lines)
+    assert any("key 'params.loss.type.when'" in l and "'optim.nope'" in l for l in lines)
 
 
 def test_missing_base_and_enqueue_files_are_refused(tmp_path: Path) -> None:
     path = write_space(tmp_path, base=["../nope.yaml"], study={"enqueue": ["gone.yaml"]})
     lines = refusal(path).problems
-    assert any("`base` file must exist" in l and "nope.yaml" in l for l in lines)
-    assert any("`study.enqueue` file must exist" in l and "gone.yaml" in l for l in lines)
+    assert any("key 'base': each file must exist" in l and "nope.yaml" in l for l in lines)
+    assert any("key 'study.enqueue': each file must exist" in l and "gone.yaml" in l for l in lines)
 
 
 def test_enqueued_config_outside_the_space_is_refused_at_load(tmp_path: Path) -> None:
@@ -343,3 +382,73 @@ def test_base_dict_layers_base_overlays_and_fixed() -> None:
     data = space.base_dict()
     assert data["data"]["source"] == "synthetic" and data["train"]["val_every"] == 1
     assert data["optim"]["lr"] == 0.001
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"optim.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True}},
+        {"model.aggregate": {"type": "categorical", "choices": ["mean", "attention"]}},
+    ],
+    ids=["float", "categorical"],
+)
+def test_a_space_without_enqueue_gives_the_base_config_before_any_trial(tmp_path: Path, params: dict) -> None:
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({"base": [str(ROOT / "baseline.yaml")], "params": params}))
+    space = load_space(path)
+    assert space.study.enqueue == () and space.enqueue_params() == []
+    # What a sweep prepares its data and tracking from when nothing is enqueued: the base as written.
+    assert space.first_config() == space.base_config() == load_config([ROOT / "baseline.yaml"])
+
+
+def test_an_invalid_base_is_refused_at_load_when_nothing_is_enqueued(tmp_path: Path) -> None:
+    # Every trial would set loss.gamma, but the sweep prepares its data from the base, which lacks it.
+    path = write_space(tmp_path, {"loss.gamma": {"type": "float", "low": 1.0, "high": 4.0}},
+                       fixed={"train.val_every": 1, "loss.type": "focal_bce", "loss.auto_pos_weight": False})
+    with pytest.raises(SpaceError, match=r"base \+ overlays \+ fixed: loss.type=focal_bce needs loss.gamma"):
+        load_space(path)
+
+
+def test_a_misspelt_study_metric_is_refused_at_load_with_the_names_allowed(tmp_path: Path) -> None:
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({"base": [str(ROOT / "baseline.yaml")], "study": {"metric": "video_acu"},
+                                    "params": {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2}}}))
+    with pytest.raises(SpaceError, match=r"study.metric must be one of .*video_auc.*but got 'video_acu'"):
+        load_space(path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"optim.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True}},
+        {"model.aggregate": {"type": "categorical", "choices": ["mean", "attention"]}},
+    ],
+    ids=["float", "categorical"],
+)
+def test_a_minimal_space_without_enqueue_sweeps_end_to_end(
+    params: dict, synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harness.cli import main
+    from harness.sweep.storage import open_storage
+
+    monkeypatch.chdir(tmp_path)
+    tiny = {
+        "data": {"source": "ffpp", "root": str(synthetic_root), "input_size": 32, "cache_dir": str(tmp_path / "cache")},
+        "train": {"epochs": 1, "batch_size": 8, "output_dir": str(tmp_path / "runs")},
+    }
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny))
+    space = {"base": [str(ROOT / "baseline.yaml")], "overlays": [str(ROOT / "configs" / "demo.yaml"), "tiny.yaml"],
+             "params": params}  # no `study:` at all: its defaults, and nothing enqueued
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    journal = str(tmp_path / "optuna.journal")
+    assert main(["sweep", "--space", str(tmp_path / "space.yaml"), "--trials", "2", "--storage", journal,
+                 "--study-name", "minimal", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--quiet"]) == 0
+
+    trials = optuna.load_study(study_name="minimal", storage=open_storage(journal)).get_trials()
+    (name,) = params
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    for trial in trials:
+        assert set(trial.params) == {name} and "enqueued_from" not in trial.user_attrs
+        section, key = name.split(".")
+        assert trial.user_attrs["config"][section][key] == trial.params[name]

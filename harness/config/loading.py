@@ -2,20 +2,23 @@
 
 A file may name `base: other.yaml` (relative to itself); several `--config` files layer
 left to right; `--set a.b=c` overrides come last and are typed by the schema. Every
-problem is collected and raised together, each on one line naming the file and the key.
+problem is collected and raised together, each on one line naming the file and the key
+(`validation_problems`, which a search-space file's errors go through too).
 """
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from harness.config.keys import key_problem, known_keys, normalise, value_problem
 from harness.config.schema import Config
 from harness.errors import ConfigError
+from harness.io import write_text_atomic
 
 __all__ = [
     "load_config",
@@ -25,11 +28,11 @@ __all__ = [
     "parse_override",
     "deep_merge",
     "set_dotted",
-    "get_dotted",
     "flatten",
     "to_yaml",
     "save_config",
-    "known_keys",
+    "validation_problems",
+    "problem_line",
 ]
 
 
@@ -100,30 +103,32 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def get_dotted(obj: Any, key: str) -> Any:
-    """Read `a.b.c` from nested dicts or models."""
-    node = obj
-    for part in key.split("."):
-        node = node[part] if isinstance(node, Mapping) else getattr(node, part)
-    return node
-
-
 def parse_override(text: str) -> tuple[str, Any]:
-    """`train.lr=3e-4` -> ("train.lr", 0.0003); the value is read as YAML so types follow the schema."""
+    """`optim.lr=3e-4` -> ("optim.lr", 0.0003): the value is read as YAML, then as the key's type wants it."""
     key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
+    key = key.strip()
+    if not sep or not key:
         raise ConfigError(f"--set must look like key.path=value, but got {text!r}")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
-    # YAML 1.1 reads 3e-4 as a string; the schema would then refuse it for a float key.
+    if key_problem(key) is None:
+        # A config key: its type settles what YAML cannot. `optim.lr=3e-4` (a string to YAML 1.1) is a
+        # float, `tracking.run_name=1e3` stays the text "1e3". A value the schema refuses either way is
+        # kept as read, so that the loader's error names the key and the value.
+        for candidate in (value, raw):
+            if value_problem(key, candidate) is None:
+                return key, normalise(key, candidate)
+        return key, value
+    # Other keys (`harness synth --set n_sources=60` names a section's own keys): YAML 1.1 reads 3e-4 as a
+    # string, and a float key would then refuse it.
     if isinstance(value, str):
         try:
             value = float(value) if any(c in value for c in ".eE") else value
         except ValueError:
             pass
-    return key.strip(), value
+    return key, value
 
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
@@ -134,19 +139,51 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
     return out
 
 
-def _format_validation_error(exc: ValidationError, source: str) -> list[str]:
+_NOT_GIVEN = object()
+
+Loc = tuple[int | str, ...]
+
+
+def problem_line(source: str, key: str, message: str, value: Any = _NOT_GIVEN) -> str:
+    """One problem on one line: `<file>: key '<key>': <what must hold>, but got <value>`."""
+    if not key:  # a rule across keys names its keys and values itself
+        return f"{source}: {message}"
+    line = f"{source}: key '{key}': {message}"
+    # A validator's own message may already say what it got; pydantic's built-in ones never do.
+    if value is _NOT_GIVEN or "but got" in message:
+        return line
+    return f"{line}, but got {value!r}"
+
+
+def _dotted(loc: Loc) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _config_keys_at(loc: Loc) -> list[str]:
+    return known_keys(_dotted(loc))
+
+
+def validation_problems(
+    exc: ValidationError,
+    source: str,
+    key_of: Callable[[Loc], str] = _dotted,
+    allowed_at: Callable[[Loc], list[str]] = _config_keys_at,
+) -> list[str]:
+    """A pydantic error as one line per problem, naming the file and the key.
+
+    `key_of` writes an error's location as the key a user would look for, `allowed_at` lists the
+    keys allowed where an unknown one was found; both default to the run config's.
+    """
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
+        key = key_of(err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            parent = ".".join(str(p) for p in err["loc"][:-1])
-            allowed = ", ".join(sorted(known_keys(parent)))
-            lines.append(f"{source}: unknown key '{loc}'; allowed here: {allowed}")
-        elif not loc:
-            lines.extend(f"{source}: {part}" for part in msg.split("\n"))
+            allowed = ", ".join(sorted(allowed_at(err["loc"][:-1])))
+            lines.append(f"{source}: unknown key '{key}'; allowed here: {allowed}")
         else:
-            lines.append(f"{source}: key '{loc}': {msg}, but got {err.get('input')!r}")
+            # A validator reports several problems as several lines of one message.
+            lines.extend(problem_line(source, key, part, err.get("input")) for part in msg.split("\n"))
     return lines
 
 
@@ -155,7 +192,7 @@ def config_from_dict(data: Mapping[str, Any], source: str = "config") -> Config:
     try:
         return Config.model_validate(dict(data))
     except ValidationError as exc:
-        problems = _format_validation_error(exc, source)
+        problems = validation_problems(exc, source)
         raise ConfigError(problems[0], problems) from None
 
 
@@ -165,23 +202,6 @@ def load_config(paths: Iterable[Path | str], overrides: Iterable[str] = ()) -> C
     data = apply_overrides(read_layers(paths), overrides)
     source = " + ".join(str(p) for p in paths) or "defaults"
     return config_from_dict(data, source)
-
-
-def _section_model(dotted: str) -> type[BaseModel] | None:
-    model: type[BaseModel] = Config
-    for part in filter(None, dotted.split(".")):
-        field = model.model_fields.get(part)
-        ann = getattr(field, "annotation", None)
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-            return None
-        model = ann
-    return model
-
-
-def known_keys(section: str = "") -> list[str]:
-    """Field names of a section (`""` for the top level, `"train"`, `"optim.scheduler"`...)."""
-    model = _section_model(section)
-    return list(model.model_fields) if model else []
 
 
 def flatten(cfg: BaseModel | Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -224,7 +244,4 @@ def save_config(cfg: Config, path: Path, header: str = "") -> Path:
     """Write atomically so a crash never leaves half a config behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(to_yaml(cfg, header))
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, to_yaml(cfg, header))
