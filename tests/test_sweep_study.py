@@ -1,7 +1,10 @@
-"""Study bookkeeping on a real journal storage: dead workers' trials, storage resolution, URI masking."""
+"""Study bookkeeping on real storages: dead workers' trials, storage resolution, URI masking, the summary of a
+study in either direction, and the exit code of per-GPU workers."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -76,8 +79,8 @@ def test_a_stale_heartbeat_fails_a_trial_from_another_machine_and_retries_it_onc
     lost.set_user_attr("pid", 1)
     beating = study.ask()
     beating.set_user_attr("host", "another-machine")
-    with Heartbeat(storage, beating._trial_id):
-        with Heartbeat(storage, lost._trial_id):
+    with Heartbeat(study, beating):
+        with Heartbeat(study, lost):
             time.sleep(0.2)  # one beat each, then `lost` falls silent
         assert reap_dead_trials(study) == []  # another host: the pid check must leave it alone
         time.sleep(3.2)
@@ -121,3 +124,88 @@ def test_gpus_must_be_distinct_indices() -> None:
     for bad in ("", "0,0", "cuda:0", "a,b"):
         with pytest.raises(HarnessError, match="--gpus must list distinct GPU indices"):
             parse_gpus(bad)
+
+
+def test_worker_exit_codes_combine_to_the_worst_with_a_signal_counting_as_failure() -> None:
+    from harness.sweep.workers import combined_exit_code
+
+    assert combined_exit_code([0, 0]) == 0
+    assert combined_exit_code([0, -signal.SIGKILL]) == 128 + signal.SIGKILL  # Popen's -9: killed, not success
+    assert combined_exit_code([1, 0]) == 1
+    assert combined_exit_code([2, -signal.SIGTERM]) == 128 + signal.SIGTERM
+
+
+def test_a_worker_killed_by_a_signal_beside_a_successful_one_fails_the_launch(capsys) -> None:
+    from harness.sweep.workers import Worker, run_workers
+
+    env = dict(os.environ)
+    ok = Worker("ok", [sys.executable, "-c", "print('done')"], env)
+    killed = Worker("killed", [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"], env)
+    assert run_workers([ok, killed]) == 128 + signal.SIGKILL
+    assert run_workers([ok, ok]) == 0
+    assert "[ok] done" in capsys.readouterr().out
+
+
+def _study_of(direction: str, values: list[float]) -> optuna.Study:
+    """An in-memory study whose trials completed with `values` (3 epochs each), then one pruned after 1 epoch."""
+    study = optuna.create_study(study_name="s", direction=direction)
+    for value in values:
+        trial = study.ask()
+        trial.suggest_float("optim.lr", 1e-4, 1e-2, log=True)
+        trial.set_user_attr("epochs_run", 3)
+        study.tell(trial, value)
+    pruned = study.ask()
+    pruned.set_user_attr("epochs_run", 1)
+    study.tell(pruned, state=optuna.trial.TrialState.PRUNED)
+    return study
+
+
+@pytest.mark.parametrize(("direction", "best_number", "order"), [("minimize", 1, [0.2, 0.5, 0.9]),
+                                                                 ("maximize", 2, [0.9, 0.5, 0.2])])
+def test_the_summary_ranks_by_the_studys_direction_and_names_its_metric(
+    direction: str, best_number: int, order: list[float], capsys
+) -> None:
+    from harness.sweep.report import print_summary, summarise
+
+    summary = summarise(_study_of(direction, [0.5, 0.2, 0.9]), "loss", epochs=3, parent_run_id="p", wall=1.0,
+                        ran_here=4)
+    assert (summary.direction, summary.best_number, summary.best_value) == (direction, best_number, order[0])
+    assert [r["loss"] for r in summary.rows if r["state"] == "COMPLETE"] == order
+    assert (summary.n_complete, summary.n_pruned, summary.epochs_spent, summary.epochs_unpruned) == (3, 1, 10, 12)
+
+    print_summary(summary)
+    out = capsys.readouterr().out
+    first = "lowest" if direction == "minimize" else "highest"
+    assert f"top trials by loss ({first} first)" in out
+    assert f"best: trial {best_number}, loss {order[0]:.4f}" in out
+    assert "auc" not in out.lower()
+
+
+def test_the_progress_display_names_the_metric_and_shows_the_lowest_as_best_when_minimizing() -> None:
+    from harness.sweep.report import TrialBar
+    from harness.sweep.trial import TrialOutcome
+
+    study = optuna.create_study(direction="minimize")
+    with TrialBar(4, enabled=False, metric="loss") as bar:
+        for value in (0.5, 0.2, 0.9):
+            trial = study.ask()
+            bar.start_trial(trial.number, "sampled")
+            bar.update(epoch=3, epochs=3, value=value)
+            study.tell(trial, value)
+            bar.end_trial(TrialOutcome("COMPLETE", value, "completed", 3), study)
+        assert bar.best == 0.2
+        assert "val loss 0.900 | best 0.200" in bar.progress.tasks[0].description
+
+
+def test_the_parent_run_gets_the_best_value_under_the_metrics_name(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    from harness.sweep.report import log_study_artifacts, summarise
+
+    study = _study_of("minimize", [0.5, 0.2, 0.9])
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = client.create_run(client.create_experiment("e")).info.run_id
+    log_study_artifacts(client, parent, study, summarise(study, "loss", 3, parent, 1.0, 4))
+    metrics = client.get_run(parent).data.metrics
+    assert metrics["best_loss"] == metrics["best_value"] == 0.2
+    assert metrics["n_complete"] == 3 and metrics["n_pruned"] == 1

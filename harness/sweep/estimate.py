@@ -153,8 +153,7 @@ def estimate_sweep(space_path: Path, trials: int, workers: int = 1, n_steps: int
     from harness.train.trainer import validation_epochs
 
     space = load_space(Path(space_path))
-    enqueue = space.enqueue_params()
-    cfg = space.config_for(enqueue[0] if enqueue else {})
+    cfg = space.first_config()
     steps = measure_step_times(cfg, n_steps)
     pruner = str(space.study.pruner.get("type", "median")) if space.study.pruner else "none"
     estimate = SweepEstimate(

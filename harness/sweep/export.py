@@ -145,7 +145,8 @@ def score_on_test(checkpoint: Path) -> tuple[dict[str, float], pd.DataFrame, int
     from harness.model.detector import build_detector
     from harness.train.checkpoint import load_checkpoint
     from harness.train.losses import build_loss
-    from harness.train.trainer import evaluate, resolve_device, seed_everything
+    from harness.train.session import resolve_device, seed_everything
+    from harness.train.trainer import evaluate
 
     best = load_checkpoint(checkpoint)
     cfg = config_from_dict(best["config"], source=str(checkpoint))

@@ -14,7 +14,13 @@ import os
 import socket
 import threading
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING
+
+from harness.sweep import optuna_access
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
 
 __all__ = ["Heartbeat", "reap_dead_trials", "retry_once", "mark_worker", "fail_stale_trials", "HEARTBEAT_INTERVAL", "GRACE_PERIOD"]
 
@@ -23,7 +29,7 @@ HEARTBEAT_INTERVAL = 60
 GRACE_PERIOD = 180
 
 
-def mark_worker(trial: Any) -> None:
+def mark_worker(trial: optuna.Trial) -> None:
     """Record which process runs the trial, so a restart on this machine can tell whether it died."""
     trial.set_user_attr("host", socket.gethostname())
     trial.set_user_attr("pid", os.getpid())
@@ -39,7 +45,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def retry_once(study: Any, trial: Any) -> None:
+def retry_once(study: optuna.Study, trial: FrozenTrial) -> None:
     """Enqueue a dead trial's parameters again, unless it was a retry itself."""
     if trial.user_attrs.get("retry_of") is not None:
         return  # retried once, not forever
@@ -47,7 +53,7 @@ def retry_once(study: Any, trial: Any) -> None:
     study.enqueue_trial(trial.params, user_attrs={**attrs, "retry_of": trial.number})
 
 
-def reap_dead_trials(study: Any, retry: bool = True) -> list[int]:
+def reap_dead_trials(study: optuna.Study, retry: bool = True) -> list[int]:
     """Fail RUNNING trials whose worker on this machine (recorded host and pid) is gone; enqueue each once more."""
     from optuna.trial import TrialState
 
@@ -57,35 +63,25 @@ def reap_dead_trials(study: Any, retry: bool = True) -> list[int]:
         if t.user_attrs.get("host") != host or _pid_alive(int(t.user_attrs.get("pid", -1))):
             continue
         # The dead worker's Trial object is gone; the storage is the only handle left on its trial.
-        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "worker died (process gone)")
+        optuna_access.set_trial_user_attr(study, t, "fail_reason", "worker died (process gone)")
         study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         reaped.append(t.number)
         if retry:
-            retry_once(study, study._storage.get_trial(t._trial_id))
+            retry_once(study, optuna_access.reload_trial(study, t))
     return reaped
 
 
-def fail_stale_trials(study: Any, retry: bool = True) -> list[int]:
+def fail_stale_trials(study: optuna.Study, retry: bool = True) -> list[int]:
     """Fail the trials whose heartbeat went stale (database storages with a heartbeat only); enqueue each once more.
 
     Optuna's own `fail_stale_trials` fails them first and calls back after, when a finished trial
-    no longer takes the reason as a user attribute; so the stale ids are asked for directly.
+    no longer takes the reason as a user attribute; so the stale trials are asked for directly.
     """
-    from optuna.exceptions import UpdateFinishedTrialError
-    from optuna.trial import TrialState
-
-    storage = study._storage
-    interval = storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
-    if not interval:
-        return []
     failed = []
-    for trial_id in storage._get_stale_trial_ids(study._study_id):
-        try:
-            storage.set_trial_user_attr(trial_id, "fail_reason", "worker lost: its heartbeat stopped (grace period over)")
-            storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
-        except UpdateFinishedTrialError:
+    for stale in optuna_access.stale_trials(study):
+        trial = optuna_access.fail_trial(study, stale, "worker lost: its heartbeat stopped (grace period over)")
+        if trial is None:
             continue  # another worker failed it first, and retried it
-        trial = storage.get_trial(trial_id)
         failed.append(trial.number)
         if retry:
             retry_once(study, trial)
@@ -98,17 +94,17 @@ class Heartbeat:
     Does nothing on storages without a heartbeat (journal files, or `--heartbeat 0`).
     """
 
-    def __init__(self, storage: Any, trial_id: int) -> None:
-        self.storage = storage
-        self.trial_id = trial_id
-        self.interval = storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
+    def __init__(self, study: optuna.Study, trial: optuna.Trial) -> None:
+        self.study = study
+        self.trial = trial
+        self.interval = optuna_access.heartbeat_interval(study)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _run(self) -> None:
         while True:
             try:
-                self.storage.record_heartbeat(self.trial_id)
+                optuna_access.record_heartbeat(self.study, self.trial)
             except Exception:  # a missed beat is retried; the grace period allows several
                 pass
             if self._stop.wait(self.interval):
@@ -116,7 +112,7 @@ class Heartbeat:
 
     def __enter__(self) -> Heartbeat:
         if self.interval:
-            self._thread = threading.Thread(target=self._run, name=f"heartbeat-{self.trial_id}", daemon=True)
+            self._thread = threading.Thread(target=self._run, name=f"heartbeat-{self.trial.number}", daemon=True)
             self._thread.start()
         return self
 

@@ -7,19 +7,29 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from harness.sweep.study import FINISHED, SweepSummary
+from harness.sweep.study import FINISHED, SweepSummary, finished_count
+
+if TYPE_CHECKING:
+    import optuna
+    from mlflow import MlflowClient
+
+    from harness.sweep.trial import TrialOutcome
 
 __all__ = ["TrialBar", "summarise", "log_study_artifacts", "print_summary"]
 
 
 class TrialBar:
-    """A rich progress bar over the target trial count: trial n, origin, epoch, video AUC, best so far."""
+    """A rich progress bar over the target trial count: trial n, origin, epoch, the study's metric, its best so far.
 
-    def __init__(self, total: int, enabled: bool = True) -> None:
+    `metric` only labels the values; which one is best the study decides by its direction.
+    """
+
+    def __init__(self, total: int, enabled: bool = True, metric: str = "value") -> None:
         self.total = total
         self.enabled = enabled
+        self.metric = metric
         self.state: dict[str, Any] = {}
         self.best: float | None = None
         # The remaining time is extrapolated from the trials finished since this display started, so a
@@ -57,34 +67,34 @@ class TrialBar:
         return (time.monotonic() - self._started) / finished_here * max(0, self.total - self._done)
 
     def start_trial(self, number: int, origin: str) -> None:
-        self.state = {"trial": number, "origin": origin, "epoch": 0, "epochs": "?", "auc": None}
+        self.state = {"trial": number, "origin": origin, "epoch": 0, "epochs": "?", "value": None}
         self._render()
 
     def update(self, **values: Any) -> None:
         self.state.update({k: v for k, v in values.items() if v is not None})
         self._render()
 
-    def end_trial(self, outcome, study) -> None:
-        if outcome.value is not None and (self.best is None or outcome.value > self.best):
-            self.best = outcome.value
+    def end_trial(self, outcome: TrialOutcome, study: optuna.Study) -> None:
+        self.best = _best_value(study)  # every worker's trials count, compared by the study's direction
         if self.enabled:
+            value = "" if outcome.value is None else f"{self.metric} {outcome.value:.4f} "
             self.progress.console.print(
                 f"trial {self.state['trial']:>3} ({self.state['origin']}): {outcome.state.lower():<8} "
-                f"{'' if outcome.value is None else f'video_auc {outcome.value:.4f} '}after {outcome.epochs_run} epochs"
+                f"{value}after {outcome.epochs_run} epochs"
                 f"{'' if outcome.state == 'COMPLETE' else ' - ' + outcome.reason}"
             )
-        self.set_done(sum(t.state.name in FINISHED for t in study.get_trials(deepcopy=False)))
+        self.set_done(finished_count(study))
 
     def _render(self) -> None:
         s = self.state
-        auc = "-" if s.get("auc") is None else f"{s['auc']:.3f}"
+        value = "-" if s.get("value") is None else f"{s['value']:.3f}"
         best = "-" if self.best is None else f"{self.best:.3f}"
         left = self.remaining()
         eta = "left ?" if left is None else f"left ~{_clock(left)}"
         self.progress.update(
             self.task,
             description=f"{eta} | trial {s.get('trial')} ({s.get('origin')}) epoch {s.get('epoch')}/{s.get('epochs')} "
-            f"val AUC {auc} | best {best}" if s else eta,
+            f"val {self.metric} {value} | best {best}" if s else eta,
         )
 
 
@@ -94,7 +104,17 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
-def summarise(study, metric: str, epochs: int, parent_run_id: str, wall: float, ran_here: int) -> SweepSummary:
+def _best_value(study: optuna.Study) -> float | None:
+    try:
+        return study.best_value
+    except ValueError:  # no completed trial yet
+        return None
+
+
+def summarise(
+    study: optuna.Study, metric: str, epochs: int, parent_run_id: str, wall: float, ran_here: int
+) -> SweepSummary:
+    """The study's trials, best first by its direction, and what the sweep spent on them."""
     trials = study.get_trials(deepcopy=False)
     finished = [t for t in trials if t.state.name in FINISHED]
     complete = [t for t in trials if t.state.name == "COMPLETE"]
@@ -118,6 +138,7 @@ def summarise(study, metric: str, epochs: int, parent_run_id: str, wall: float, 
     return SweepSummary(
         study_name=study.study_name,
         metric=metric,
+        direction="maximize" if maximize else "minimize",
         n_complete=len(complete),
         n_pruned=sum(t.state.name == "PRUNED" for t in trials),
         n_failed=sum(t.state.name == "FAIL" for t in trials),
@@ -132,7 +153,7 @@ def summarise(study, metric: str, epochs: int, parent_run_id: str, wall: float, 
     )
 
 
-def log_study_artifacts(client, parent_run_id: str, study, summary: SweepSummary) -> None:
+def log_study_artifacts(client: MlflowClient, parent_run_id: str, study: optuna.Study, summary: SweepSummary) -> None:
     """Trials CSV and Optuna's plots (history, importances, parallel coordinates) on the parent run."""
     import optuna.visualization as vis
 
@@ -157,7 +178,6 @@ def log_study_artifacts(client, parent_run_id: str, study, summary: SweepSummary
             fig.write_html(str(path), include_plotlyjs="cdn")
             client.log_artifact(parent_run_id, str(path), "study")
     from mlflow.entities import Metric
-    import time
 
     now = int(time.time() * 1000)
     metrics = {
@@ -169,15 +189,18 @@ def log_study_artifacts(client, parent_run_id: str, study, summary: SweepSummary
     }
     if summary.best_value is not None:
         metrics["best_value"] = summary.best_value
+        metrics[f"best_{summary.metric}"] = summary.best_value  # the same value, under the metric's name
     client.log_batch(parent_run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
 
 
 def print_summary(summary: SweepSummary, top: int = 10) -> None:
-    metric = summary.metric
+    """The best `top` completed trials, the enqueued ones, failures with their reasons, and the best trial."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"study {summary.study_name}: top trials by {metric}", title_justify="left")
+    metric = summary.metric
+    order = "highest" if summary.direction == "maximize" else "lowest"
+    table = Table(title=f"study {summary.study_name}: top trials by {metric} ({order} first)", title_justify="left")
     shown = [r for r in summary.rows if r["state"] == "COMPLETE"][:top]
     marked = [r for r in summary.rows if r["origin"] != "sampled" and r not in shown]
     fixed_cols = ("trial", "state", "origin", metric, "epochs", "reason")

@@ -2,6 +2,8 @@
 
 `trials` is the target number of finished (complete or pruned) trials in the study, so rerunning
 the same command resumes and runs only what is missing, and several workers can share one study.
+One worker's sweep is four steps: open the study (under the storage lock), take the next trial
+(under the lock), run it, and close (summary, parent run).
 """
 
 from __future__ import annotations
@@ -11,24 +13,40 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from harness.config.loading import flatten
 from harness.errors import StudyError
 from harness.sweep.liveness import GRACE_PERIOD, HEARTBEAT_INTERVAL
 
 if TYPE_CHECKING:
-    from harness.config.schema import DataConfig
+    from types import FrameType
 
-__all__ = ["SweepSummary", "run_sweep", "finished_count"]
+    import optuna
+    import pandas as pd
+    from mlflow import MlflowClient
 
-FINISHED = ("COMPLETE", "PRUNED")
+    from harness.config.schema import Config, DataConfig
+    from harness.sweep.report import TrialBar
+    from harness.sweep.space import SearchSpace
+    from harness.sweep.trial import TrialOutcome
+    from harness.track.mlflow_run import MLflowTracker
+
+__all__ = ["SweepSummary", "run_sweep", "finished_count", "FINISHED", "Direction", "RunStatus", "TrialStateName"]
+
+# Optuna's TrialState member names, as the sweep compares them without importing Optuna up front.
+TrialStateName = Literal["WAITING", "RUNNING", "COMPLETE", "PRUNED", "FAIL"]
+FINISHED: tuple[TrialStateName, ...] = ("COMPLETE", "PRUNED")  # what counts towards --trials
+# MLflow's run statuses, as `MlflowClient.set_terminated` takes them.
+RunStatus = Literal["RUNNING", "FINISHED", "FAILED", "KILLED"]
+Direction = Literal["maximize", "minimize"]
 
 
 @dataclass
 class SweepSummary:
     study_name: str
     metric: str
+    direction: Direction
     n_complete: int
     n_pruned: int
     n_failed: int
@@ -43,15 +61,56 @@ class SweepSummary:
     stop_reason: str | None = None  # set when this worker stopped before the study reached its target
 
 
-def finished_count(study) -> int:
+@dataclass
+class _Sweep:
+    """What the steps of one worker's sweep share, from the opened study to the closing summary."""
+
+    space: SearchSpace
+    study: optuna.Study
+    storage_uri: str
+    tracking_uri: str | None
+    client: MlflowClient
+    parent_run_id: str
+    base_cfg: Config
+    manifest: pd.DataFrame
+    cache_since: float  # when this worker began filling the frame cache (time.time())
+    resume_trials: bool
+
+    @property
+    def metric(self) -> str:
+        return self.space.study.metric
+
+    @property
+    def maximize(self) -> bool:
+        # The stored study's direction, which a resumed study keeps whatever the space file says now.
+        return self.study.direction.name == "MAXIMIZE"
+
+    @property
+    def sweep_dir(self) -> Path:
+        return self.base_cfg.train.output_dir / "sweeps" / self.study.study_name
+
+
+class _TrialInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) during a trial, raised once that trial is recorded as failed ("interrupted")."""
+
+    def __init__(self, trial_number: int) -> None:
+        super().__init__(trial_number)
+        self.trial_number = trial_number
+
+
+def finished_count(study: optuna.Study) -> int:
+    """Trials that count towards the target: complete or pruned, by any worker."""
     return sum(t.state.name in FINISHED for t in study.get_trials(deepcopy=False))
 
 
-def _parent_run(study, tracking_uri, experiment: str, space, storage_label: str, base_cfg) -> str:
+def _parent_run(
+    study: optuna.Study, tracking_uri: str | None, space: SearchSpace, storage_label: str, base_cfg: Config
+) -> str:
+    """The sweep's parent MLflow run: created with the study, reopened (RUNNING again) by a resumed sweep."""
     from harness.track.mlflow_run import MLflowTracker
 
     parent_id = study.user_attrs.get("mlflow_parent_run_id")
-    tracker = MLflowTracker(tracking_uri, experiment, run_id=parent_id)
+    tracker = MLflowTracker(tracking_uri, base_cfg.tracking.experiment, run_id=parent_id)
     if parent_id is None:
         run = tracker.client.create_run(
             tracker.experiment_id,
@@ -67,7 +126,7 @@ def _parent_run(study, tracking_uri, experiment: str, space, storage_label: str,
     return tracker.run_id
 
 
-def _close_orphan_runs(client, parent_run_id: str, study) -> int:
+def _close_orphan_runs(client: MlflowClient, parent_run_id: str, study: optuna.Study) -> int:
     """Child runs left RUNNING by a dead worker whose trial is no longer running get closed as KILLED."""
     running = {t.number for t in study.get_trials(deepcopy=False) if t.state.name == "RUNNING"}
     runs = client.search_runs(
@@ -85,7 +144,9 @@ def _close_orphan_runs(client, parent_run_id: str, study) -> int:
     return closed
 
 
-def _log_decode_counts(client: Any, parent_run_id: str, data_cfg: DataConfig, since: float) -> dict[str, float]:
+def _log_decode_counts(
+    client: MlflowClient, parent_run_id: str, data_cfg: DataConfig, since: float
+) -> dict[str, float]:
     """Log to the parent run how often videos were decoded into the frame cache while this sweep ran.
 
     `cache_max_decodes_per_video` is 1 when the sweep decoded each video once, 0 when it found them all cached.
@@ -105,22 +166,229 @@ def _log_decode_counts(client: Any, parent_run_id: str, data_cfg: DataConfig, si
     return metrics
 
 
-def _reap(study) -> list[int]:
+def _reap(study: optuna.Study) -> list[int]:
     """Fail (and enqueue once more) the trials of dead workers: same-host pids gone, or stale heartbeats."""
     from harness.sweep.liveness import fail_stale_trials, reap_dead_trials
 
     return sorted(reap_dead_trials(study) + fail_stale_trials(study))
 
 
-def _ask(study):
+def _ask(study: optuna.Study) -> optuna.Trial:
     # Optuna warns that heartbeats belong to study.optimize; this loop beats itself (liveness.Heartbeat).
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Heartbeat of storage")
         return study.ask()
 
 
-def _sigterm_as_interrupt(signum, frame):  # noqa: ARG001
+def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001
     raise KeyboardInterrupt
+
+
+def _check_arguments(trials: int, heartbeat_interval: int, grace_period: int) -> None:
+    if trials < 1:
+        raise StudyError(f"--trials must be >= 1, but got {trials}")
+    if heartbeat_interval < 0 or (heartbeat_interval and grace_period <= heartbeat_interval):
+        raise StudyError(f"--grace-period must exceed --heartbeat, but got {grace_period} <= {heartbeat_interval}")
+
+
+def _prepare_data(space: SearchSpace, progress: bool) -> tuple[Config, pd.DataFrame, float]:
+    """The first trial's config, the video manifest every trial shares, and when the frame cache began filling."""
+    from harness.data.cache import build_cache
+    from harness.data.index import build_manifest
+
+    base_cfg = space.first_config()
+    manifest = build_manifest(base_cfg.data, progress=progress)
+    cache_since = time.time()
+    if base_cfg.data.cache:
+        # Every trial and worker then reads frames from the cache; with two workers, each builds half.
+        build_cache(manifest, base_cfg.data, progress=progress)
+    return base_cfg, manifest, cache_since
+
+
+def _create_study(
+    space: SearchSpace, study_name: str, storage_uri: str, heartbeat_interval: int, grace_period: int
+) -> optuna.Study:
+    """Create the study, or load it when it exists; a new one gets the space's enqueued trials.
+
+    Called under the storage lock: two workers opening a fresh database at once would both create
+    Optuna's tables, and one would die of a duplicate-key error.
+    """
+    import optuna
+
+    from harness.sweep.space import build_sampler
+    from harness.sweep.storage import open_storage
+
+    study = optuna.create_study(
+        study_name=study_name,
+        storage=open_storage(storage_uri, heartbeat_interval or None, grace_period if heartbeat_interval else None),
+        sampler=build_sampler(space.study.sampler),
+        pruner=space.pruner(),  # its warm-up counted in validations, whatever train.val_every is
+        direction=space.study.direction,
+        load_if_exists=True,
+    )
+    if not study.user_attrs.get("enqueued"):
+        for name, params in zip(space.study.enqueue, space.enqueue_params()):
+            study.enqueue_trial(params, user_attrs={"enqueued_from": Path(name).name})
+        study.set_user_attr("enqueued", True)
+        study.set_user_attr("metric", space.study.metric)
+        study.set_user_attr("space_path", str(Path(space.path).resolve()))
+    return study
+
+
+def _next_trial(
+    sweep: _Sweep, bar: TrialBar, trials: int, max_failures: int
+) -> tuple[optuna.Trial | None, str | None]:
+    """Under the storage lock: fail dead workers' trials, count, and ask for a trial if the study needs one.
+
+    (None, None) once finished and running trials reach the target; (None, why) at --max-failures.
+    The lock keeps two workers from both seeing N-1 finished trials and both starting one more.
+    """
+    from harness.sweep.liveness import mark_worker
+    from harness.sweep.storage import storage_lock
+
+    with storage_lock(sweep.storage_uri):
+        # Workers on other machines die too; their trials are noticed here, between trials.
+        if _reap(sweep.study):
+            _close_orphan_runs(sweep.client, sweep.parent_run_id, sweep.study)
+        states = [t.state.name for t in sweep.study.get_trials(deepcopy=False)]
+        done = sum(s in FINISHED for s in states)
+        bar.set_done(done)
+        if done + states.count("RUNNING") >= trials:
+            return None, None
+        if states.count("FAIL") >= max_failures:
+            stop_reason = (f"{states.count('FAIL')} failed trials reached --max-failures {max_failures} "
+                           f"with {done} of {trials} finished")
+            print(f"stopping: {stop_reason}")
+            return None, stop_reason
+        trial = _ask(sweep.study)
+        mark_worker(trial)
+        return trial, None
+
+
+def _trial_tracker(sweep: _Sweep, trial: optuna.Trial, params: dict[str, Any], cfg: Config) -> MLflowTracker:
+    """The trial's child run under the sweep's parent, created by its first logging call."""
+    from harness.sweep.trial import trial_params_for_mlflow
+    from harness.track.mlflow_run import MLflowTracker
+
+    tags = {"optuna.trial": str(trial.number), "optuna.study": sweep.study.study_name,
+            "harness.origin": trial.user_attrs.get("enqueued_from", "sampled")}
+    if trial.user_attrs.get("retry_of") is not None:
+        tags["harness.retry_of"] = str(trial.user_attrs["retry_of"])
+    return MLflowTracker(
+        sweep.tracking_uri,
+        cfg.tracking.experiment,
+        run_name=f"trial-{trial.number}",
+        parent_run_id=sweep.parent_run_id,
+        tags=tags,
+        extra_params=trial_params_for_mlflow(params),
+    )
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome, tracker: MLflowTracker) -> None:
+    """Record how the trial ended (attributes first: a finished trial takes no more), then tell the study."""
+    from optuna.trial import TrialState
+
+    trial.set_user_attr("epochs_run", outcome.epochs_run)
+    if outcome.state != "COMPLETE":
+        trial.set_user_attr("fail_reason" if outcome.state == "FAIL" else "prune_reason", outcome.reason)
+    if tracker.run_id:
+        trial.set_user_attr("mlflow_run_id", tracker.run_id)
+    if outcome.state == "COMPLETE":
+        study.tell(trial, outcome.value)
+    else:
+        study.tell(trial, state=TrialState[outcome.state])
+
+
+def _record_interrupted(sweep: _Sweep, trial: optuna.Trial, tracker: MLflowTracker) -> None:
+    """Fail the trial as "interrupted" and close its run and the parent as KILLED, so a rerun starts clean."""
+    from optuna.trial import TrialState
+
+    trial.set_user_attr("fail_reason", "interrupted")
+    sweep.study.tell(trial, state=TrialState.FAIL)
+    if tracker.run_id:
+        tracker.set_tags({"optuna.state": "FAIL", "optuna.reason": "interrupted"})
+        tracker.finish("KILLED")
+    sweep.client.update_run(sweep.parent_run_id, status="KILLED")
+
+
+def _run_one(sweep: _Sweep, trial: optuna.Trial, bar: TrialBar) -> None:
+    """Suggest the trial's config, train it in its own MLflow run, and tell the study how it ended."""
+    from harness.sweep.liveness import Heartbeat
+    from harness.sweep.trial import config_record, prepare_resume, run_trial
+
+    params = sweep.space.suggest(trial)
+    cfg = sweep.space.config_for(params)
+    trial.set_user_attr("config", config_record(cfg))
+    retry_of = trial.user_attrs.get("retry_of")
+    run_dir = sweep.sweep_dir / f"trial-{trial.number}"
+    resume = None
+    if sweep.resume_trials and retry_of is not None:
+        resume = prepare_resume(sweep.sweep_dir / f"trial-{retry_of}", run_dir, cfg)
+    tracker = _trial_tracker(sweep, trial, params, cfg)
+    origin = trial.user_attrs.get("enqueued_from", "sampled")
+    bar.start_trial(trial.number, origin if retry_of is None else f"retry of {retry_of}")
+    try:
+        with Heartbeat(sweep.study, trial):
+            outcome = run_trial(trial, cfg, run_dir, sweep.metric, sweep.maximize, tracker, sweep.manifest,
+                                bar.update, resume=resume)
+    except KeyboardInterrupt:
+        _record_interrupted(sweep, trial, tracker)
+        raise _TrialInterrupted(trial.number) from None
+    _tell(sweep.study, trial, outcome, tracker)
+    bar.end_trial(outcome, sweep.study)
+
+
+def _run_trials(sweep: _Sweep, trials: int, max_failures: int, progress: bool) -> tuple[int, str | None]:
+    """Take and run trials until the study holds `trials` finished ones or --max-failures stops this worker.
+
+    Returns how many trials ran here, and why this worker stopped early (None: the target was reached).
+    """
+    from harness.sweep.report import TrialBar
+
+    ran_here = 0
+    previous_sigterm = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    try:
+        with TrialBar(trials, enabled=progress, metric=sweep.metric) as bar:
+            while True:
+                trial, stop_reason = _next_trial(sweep, bar, trials, max_failures)
+                if trial is None:
+                    return ran_here, stop_reason
+                _run_one(sweep, trial, bar)
+                ran_here += 1
+    except KeyboardInterrupt as interrupt:
+        # Printed once the progress display is gone, so it is the last thing on the screen.
+        what = (f"trial {interrupt.trial_number} recorded as failed (\"interrupted\") and its MLflow run closed"
+                if isinstance(interrupt, _TrialInterrupted) else "between trials")
+        print(f"interrupted: {what}. Rerun the same command to resume: finished trials are kept and the study "
+              f"runs until it holds {trials} finished trials.")
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _parent_status(study: optuna.Study, stop_reason: str | None) -> RunStatus | None:
+    """How this worker leaves the parent run; None leaves it RUNNING for the workers still training."""
+    if stop_reason:
+        return "FAILED"
+    # With several workers, the last one to finish closes the parent; the others leave it running.
+    if not any(t.state.name == "RUNNING" for t in study.get_trials(deepcopy=False)):
+        return "FINISHED"
+    return None
+
+
+def _close_sweep(sweep: _Sweep, ran_here: int, stop_reason: str | None, wall: float) -> SweepSummary:
+    """Summarise the study, log the summary and plots to the parent run, and close the parent if this worker is last."""
+    from harness.sweep.report import log_study_artifacts, summarise
+
+    summary = summarise(sweep.study, sweep.metric, sweep.base_cfg.train.epochs, sweep.parent_run_id, wall, ran_here)
+    summary.stop_reason = stop_reason
+    log_study_artifacts(sweep.client, sweep.parent_run_id, sweep.study, summary)
+    if sweep.base_cfg.data.cache:
+        _log_decode_counts(sweep.client, sweep.parent_run_id, sweep.base_cfg.data, sweep.cache_since)
+    status = _parent_status(sweep.study, stop_reason)
+    if status is not None:
+        sweep.client.set_terminated(sweep.parent_run_id, status)
+    return summary
 
 
 def run_sweep(
@@ -142,150 +410,28 @@ def run_sweep(
     database storages, where they let workers on other machines notice a dead one.
     """
     import optuna
-    from optuna.trial import TrialState
 
-    from harness.data.cache import build_cache
-    from harness.data.index import build_manifest
-    from harness.sweep.liveness import Heartbeat, mark_worker
-    from harness.sweep.report import TrialBar, log_study_artifacts, summarise
-    from harness.sweep.space import build_sampler, load_space
-    from harness.sweep.storage import DEFAULT_STORAGE, open_storage, storage_lock
-    from harness.sweep.trial import config_record, prepare_resume, run_trial, trial_params_for_mlflow
-    from harness.track.mlflow_run import MLflowTracker, mask_uri, open_client
+    from harness.sweep.space import load_space
+    from harness.sweep.storage import DEFAULT_STORAGE, storage_lock
+    from harness.track.mlflow_run import mask_uri, open_client
 
-    if trials < 1:
-        raise StudyError(f"--trials must be >= 1, but got {trials}")
-    if heartbeat_interval < 0 or (heartbeat_interval and grace_period <= heartbeat_interval):
-        raise StudyError(f"--grace-period must exceed --heartbeat, but got {grace_period} <= {heartbeat_interval}")
+    _check_arguments(trials, heartbeat_interval, grace_period)
     space = load_space(Path(space_path))
-    study_name = study_name or Path(space_path).stem
     storage_uri = storage or DEFAULT_STORAGE
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.perf_counter()
-
-    enqueue = space.enqueue_params()
-    base_cfg = space.config_for(enqueue[0] if enqueue else {})
-    manifest = build_manifest(base_cfg.data, progress=progress)
-    cache_since = time.time()
-    if base_cfg.data.cache:
-        # Every trial and worker then reads frames from the cache; with two workers, each builds half.
-        build_cache(manifest, base_cfg.data, progress=progress)
+    base_cfg, manifest, cache_since = _prepare_data(space, progress)
 
     with storage_lock(storage_uri):
-        # Inside the lock: two workers opening a fresh database at once would both create Optuna's
-        # tables, and one would die of a duplicate-key error.
-        raw_storage = open_storage(storage_uri, heartbeat_interval or None, grace_period if heartbeat_interval else None)
-        study = optuna.create_study(
-            study_name=study_name,
-            storage=raw_storage,
-            sampler=build_sampler(space.study.sampler),
-            pruner=space.pruner(),  # its warm-up counted in validations, whatever train.val_every is
-            direction=space.study.direction,
-            load_if_exists=True,
-        )
-        if not study.user_attrs.get("enqueued"):
-            for name, params in zip(space.study.enqueue, enqueue):
-                study.enqueue_trial(params, user_attrs={"enqueued_from": Path(name).name})
-            study.set_user_attr("enqueued", True)
-            study.set_user_attr("metric", space.study.metric)
-            study.set_user_attr("space_path", str(Path(space_path).resolve()))
+        study = _create_study(space, study_name or Path(space_path).stem, storage_uri, heartbeat_interval, grace_period)
         reaped = _reap(study)
-        parent_run_id = _parent_run(study, tracking_uri, base_cfg.tracking.experiment, space, mask_uri(storage_uri), base_cfg)
-    client = open_client(tracking_uri)
-    closed = _close_orphan_runs(client, parent_run_id, study)
+        parent_run_id = _parent_run(study, tracking_uri, space, mask_uri(storage_uri), base_cfg)
+    sweep = _Sweep(space, study, storage_uri, tracking_uri, open_client(tracking_uri), parent_run_id, base_cfg,
+                   manifest, cache_since, resume_trials)
+    closed = _close_orphan_runs(sweep.client, parent_run_id, study)
     if reaped or closed:
         print(f"resumed: failed {len(reaped)} dead trial(s) {reaped} (each retried once) and closed {closed} "
               f"cut-off MLflow run(s)")
 
-    maximize = space.study.direction == "maximize"
-    metric = space.study.metric
-    sweep_dir = base_cfg.train.output_dir / "sweeps" / study_name
-    ran_here, stop_reason, interrupted_trial = 0, None, None
-    previous_sigterm = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-
-    try:
-        with TrialBar(trials, enabled=progress) as bar:
-            while True:
-                with storage_lock(storage_uri):
-                    # Workers on other machines die too; their trials are noticed here, between trials.
-                    if _reap(study):
-                        _close_orphan_runs(client, parent_run_id, study)
-                    states = [t.state.name for t in study.get_trials(deepcopy=False)]
-                    done = sum(s in FINISHED for s in states)
-                    bar.set_done(done)
-                    if done + states.count("RUNNING") >= trials:
-                        break
-                    if states.count("FAIL") >= max_failures:
-                        stop_reason = (f"{states.count('FAIL')} failed trials reached --max-failures {max_failures} "
-                                       f"with {done} of {trials} finished")
-                        print(f"stopping: {stop_reason}")
-                        break
-                    trial = _ask(study)
-                    mark_worker(trial)
-                params = space.suggest(trial)
-                cfg = space.config_for(params)
-                trial.set_user_attr("config", config_record(cfg))
-                origin = trial.user_attrs.get("enqueued_from", "sampled")
-                retry_of = trial.user_attrs.get("retry_of")
-                run_dir = sweep_dir / f"trial-{trial.number}"
-                resume = None
-                if resume_trials and retry_of is not None:
-                    resume = prepare_resume(sweep_dir / f"trial-{retry_of}", run_dir, cfg)
-                tags = {"optuna.trial": str(trial.number), "optuna.study": study_name, "harness.origin": origin}
-                if retry_of is not None:
-                    tags["harness.retry_of"] = str(retry_of)
-                tracker = MLflowTracker(
-                    tracking_uri,
-                    cfg.tracking.experiment,
-                    run_name=f"trial-{trial.number}",
-                    parent_run_id=parent_run_id,
-                    tags=tags,
-                    extra_params=trial_params_for_mlflow(params),
-                )
-                bar.start_trial(trial.number, origin if retry_of is None else f"retry of {retry_of}")
-                try:
-                    with Heartbeat(raw_storage, trial._trial_id):
-                        outcome = run_trial(
-                            trial, cfg, run_dir, metric, maximize, tracker, manifest, bar.update, resume=resume
-                        )
-                except KeyboardInterrupt:
-                    interrupted_trial = trial.number
-                    trial.set_user_attr("fail_reason", "interrupted")
-                    study.tell(trial, state=TrialState.FAIL)
-                    if tracker.run_id:
-                        tracker.set_tags({"optuna.state": "FAIL", "optuna.reason": "interrupted"})
-                        tracker.finish("KILLED")
-                    client.update_run(parent_run_id, status="KILLED")
-                    raise
-                trial.set_user_attr("epochs_run", outcome.epochs_run)
-                if outcome.state != "COMPLETE":
-                    trial.set_user_attr("fail_reason" if outcome.state == "FAIL" else "prune_reason", outcome.reason)
-                if tracker.run_id:
-                    trial.set_user_attr("mlflow_run_id", tracker.run_id)
-                if outcome.state == "COMPLETE":
-                    study.tell(trial, outcome.value)
-                else:
-                    study.tell(trial, state=TrialState[outcome.state])
-                bar.end_trial(outcome, study)
-                ran_here += 1
-    except KeyboardInterrupt:
-        # Printed once the progress display is gone, so it is the last thing on the screen.
-        what = ("between trials" if interrupted_trial is None else
-                f"trial {interrupted_trial} recorded as failed (\"interrupted\") and its MLflow run closed")
-        print(f"interrupted: {what}. Rerun the same command to resume: finished trials are kept and the study "
-              f"runs until it holds {trials} finished trials.")
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous_sigterm)
-
-    summary = summarise(study, metric, base_cfg.train.epochs, parent_run_id, time.perf_counter() - started, ran_here)
-    summary.stop_reason = stop_reason
-    log_study_artifacts(client, parent_run_id, study, summary)
-    if base_cfg.data.cache:
-        _log_decode_counts(client, parent_run_id, base_cfg.data, cache_since)
-    if stop_reason:
-        client.set_terminated(parent_run_id, "FAILED")
-    elif not any(t.state.name == "RUNNING" for t in study.get_trials(deepcopy=False)):
-        # With several workers, the last one to finish closes the parent; the others leave it running.
-        client.set_terminated(parent_run_id, "FINISHED")
-    return summary
+    ran_here, stop_reason = _run_trials(sweep, trials, max_failures, progress)
+    return _close_sweep(sweep, ran_here, stop_reason, time.perf_counter() - started)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
@@ -20,12 +20,20 @@ from harness.config.loading import flatten
 from harness.config.schema import Config
 from harness.train.callbacks import Callback, CallbackList, RunInfo
 from harness.train.checkpoint import load_checkpoint
-from harness.train.trainer import TrainResult, fit
+from harness.train.trainer import TrainResult, fit, is_out_of_memory
+
+if TYPE_CHECKING:
+    import optuna
+
+    from harness.track.mlflow_run import MLflowTracker
 
 __all__ = [
-    "PruningReporter", "TrialProgress", "TrialOutcome", "ResumedHistory", "run_trial", "prepare_resume",
-    "objective_value", "trial_params_for_mlflow", "config_record",
+    "PruningReporter", "TrialProgress", "TrialOutcome", "OutcomeState", "ResumedHistory", "run_trial",
+    "prepare_resume", "objective_value", "trial_params_for_mlflow", "config_record",
 ]
+
+# How a trial ended, named as Optuna's TrialState members so `TrialState[state]` finds the one to tell.
+OutcomeState = Literal["COMPLETE", "PRUNED", "FAIL"]
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +44,7 @@ _BATCHING_KEYS = ("train.batch_size", "train.grad_accum_steps", "train.max_train
 class PruningReporter(Callback):
     """Reports the study's metric at step = epoch and stops the run when the pruner says so."""
 
-    def __init__(self, trial: Any, metric: str) -> None:
+    def __init__(self, trial: optuna.Trial, metric: str) -> None:
         self.trial = trial
         self.metric = metric
         self.pruned_at: int | None = None
@@ -53,10 +61,11 @@ class PruningReporter(Callback):
 
 
 class TrialProgress(Callback):
-    """Keeps a rich progress line current: trial n/N, epoch, video AUC now, best of the study."""
+    """Keeps a rich progress line current: trial n/N, epoch, the study's metric now, best of the study."""
 
-    def __init__(self, update) -> None:
+    def __init__(self, update: Callable[..., None], metric: str) -> None:
         self.update = update
+        self.metric = metric
 
     def on_run_start(self, info: RunInfo) -> None:
         self.update(epoch=info.start_epoch - 1, epochs=info.config.train.epochs)
@@ -65,7 +74,7 @@ class TrialProgress(Callback):
         self.update(epoch=epoch)
 
     def on_validation(self, epoch: int, metrics: dict[str, float]) -> bool:
-        self.update(auc=metrics.get("val_video_auc"))
+        self.update(value=metrics.get(f"val_{self.metric}"))
         return True
 
 
@@ -76,7 +85,9 @@ class ResumedHistory(Callback):
     Optuna trial (so the pruner compares it at every step, not only from the resumed epoch on).
     """
 
-    def __init__(self, state: dict[str, Any], tracker: Any, trial: Any, metric: str, source: str) -> None:
+    def __init__(
+        self, state: dict[str, Any], tracker: MLflowTracker, trial: optuna.Trial, metric: str, source: str
+    ) -> None:
         self.state, self.tracker, self.trial, self.metric, self.source = state, tracker, trial, metric, source
 
     def on_run_start(self, info: RunInfo) -> None:
@@ -113,7 +124,7 @@ def prepare_resume(source_dir: Path, run_dir: Path, cfg: Config) -> Path | None:
 
 @dataclass
 class TrialOutcome:
-    state: str  # COMPLETE | PRUNED | FAIL
+    state: OutcomeState
     value: float | None
     reason: str
     epochs_run: int
@@ -128,14 +139,14 @@ def objective_value(history: list[dict[str, float]], metric: str, maximize: bool
 
 
 def run_trial(
-    trial: Any,
+    trial: optuna.Trial,
     cfg: Config,
     run_dir: Path,
     metric: str,
     maximize: bool,
-    tracker: Any,
+    tracker: MLflowTracker,
     manifest: pd.DataFrame,
-    progress_update=None,
+    progress_update: Callable[..., None] | None = None,
     resume: Path | None = None,
 ) -> TrialOutcome:
     """Train one trial's config; every ending (complete, pruned, NaN, OOM, exception) becomes a TrialOutcome.
@@ -150,7 +161,7 @@ def run_trial(
         callbacks.append(ResumedHistory(load_checkpoint(resume), tracker, trial, metric, source))
     callbacks.append(reporter)
     if progress_update is not None:
-        callbacks.append(TrialProgress(progress_update))
+        callbacks.append(TrialProgress(progress_update, metric))
     try:
         # Validation only: trials are picked from what they log, so no trial may show a test score;
         # `harness export-best --evaluate` scores the chosen one's best checkpoint on test, once.
@@ -160,11 +171,9 @@ def run_trial(
         )
     except Exception as exc:  # a broken trial must not end the sweep
         reason = f"{type(exc).__name__}: {exc}"
-        if "out of memory" in str(exc).lower():
+        if is_out_of_memory(exc):
             reason = f"oom: {exc}"
-        tracker.ensure_run()
-        tracker.set_tags({"optuna.state": "FAIL", "optuna.reason": reason[:5000], "traceback": traceback.format_exc()[-5000:]})
-        tracker.finish("FAILED")
+        tracker.record_failure(exc, reason, tags={"optuna.state": "FAIL", "optuna.reason": reason})
         return TrialOutcome("FAIL", None, reason, 0)
     if reporter.pruned_at is not None:
         outcome = TrialOutcome("PRUNED", None, f"pruned at epoch {reporter.pruned_at}", result.epochs_run)

@@ -12,21 +12,28 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
-from typing import IO
+from collections.abc import Mapping, Sequence
+from typing import IO, NamedTuple
 
 from harness.errors import HarnessError
 
-__all__ = ["parse_gpus", "launch_per_gpu"]
+__all__ = ["parse_gpus", "launch_per_gpu", "Worker", "run_workers", "combined_exit_code"]
 
 _WAIT_AFTER_INTERRUPT = 120  # seconds a worker gets to record its trial as interrupted
 
 
 def parse_gpus(spec: str) -> list[str]:
+    """`--gpus 0,1` as a list of distinct GPU indices."""
     gpus = [g.strip() for g in spec.split(",") if g.strip()]
     if not gpus or not all(g.isdigit() for g in gpus) or len(set(gpus)) != len(gpus):
         raise HarnessError(f"--gpus must list distinct GPU indices such as 0,1, but got {spec!r}")
     return gpus
+
+
+class Worker(NamedTuple):
+    label: str  # prefixes each line of its output
+    command: Sequence[str]
+    env: Mapping[str, str]
 
 
 def _relay(stream: IO[str], prefix: str) -> None:
@@ -35,19 +42,27 @@ def _relay(stream: IO[str], prefix: str) -> None:
         sys.stdout.flush()
 
 
-def launch_per_gpu(gpus: Sequence[str], argv: Sequence[str]) -> int:
-    """Start one `harness` worker per GPU with `argv`, relay their output, and return the worst exit code."""
+def combined_exit_code(codes: Sequence[int]) -> int:
+    """0 when every worker exited 0, else the worst failure, a death by signal N counting as 128 + N.
+
+    Popen reports a worker killed by a signal as -N; taking the plain maximum would let one such
+    worker beside a successful one (0) pass for success.
+    """
+    as_shell = [128 - code if code < 0 else code for code in codes]
+    return max(as_shell, default=0)
+
+
+def run_workers(workers: Sequence[Worker]) -> int:
+    """Start every worker's process, relay their output line by line, and return `combined_exit_code`."""
     procs: list[subprocess.Popen] = []
     relays: list[threading.Thread] = []
-    print(f"starting {len(gpus)} sweep workers, one per GPU ({', '.join(gpus)})")
-    for gpu in gpus:
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu, "PYTHONUNBUFFERED": "1"}
+    for worker in workers:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "harness", *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, bufsize=1,
+            list(worker.command), env=dict(worker.env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            bufsize=1,
         )
         procs.append(proc)
-        relay = threading.Thread(target=_relay, args=(proc.stdout, f"[gpu {gpu}]"), daemon=True)
+        relay = threading.Thread(target=_relay, args=(proc.stdout, f"[{worker.label}]"), daemon=True)
         relay.start()
         relays.append(relay)
     try:
@@ -66,4 +81,17 @@ def launch_per_gpu(gpus: Sequence[str], argv: Sequence[str]) -> int:
     finally:
         for relay in relays:
             relay.join(timeout=5)
-    return max(codes)
+    return combined_exit_code(codes)
+
+
+def launch_per_gpu(gpus: Sequence[str], argv: Sequence[str]) -> int:
+    """Start one `harness` worker per GPU with `argv`, relay their output, and return the worst exit code.
+
+    Non-zero when any worker failed or was killed (see `combined_exit_code`).
+    """
+    print(f"starting {len(gpus)} sweep workers, one per GPU ({', '.join(gpus)})")
+    return run_workers([
+        Worker(f"gpu {gpu}", [sys.executable, "-m", "harness", *argv],
+               {**os.environ, "CUDA_VISIBLE_DEVICES": gpu, "PYTHONUNBUFFERED": "1"})
+        for gpu in gpus
+    ])

@@ -1,0 +1,83 @@
+"""The few Optuna internals the sweep relies on, in one place, each behind a plain function.
+
+Optuna's public API reaches a trial only through the process that asked for it. Failing the
+trial of a dead worker, reading stale heartbeats and beating from our own thread need the
+study's storage and the storage's trial id, which Optuna keeps private (`Study._storage`,
+`Trial._trial_id`, `BaseHeartbeat._get_stale_trial_ids`). They may change in any release, so
+they are used here only; tests/test_sweep_optuna_access.py runs each against real storages, and
+pyproject.toml bounds optuna to the major version those tests pass on.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.storages import BaseStorage
+    from optuna.trial import FrozenTrial
+
+__all__ = [
+    "heartbeat_interval", "record_heartbeat", "stale_trials", "reload_trial", "set_trial_user_attr", "fail_trial",
+]
+
+
+def _storage(study: optuna.Study) -> BaseStorage:
+    return study._storage
+
+
+def _trial_id(trial: optuna.Trial | FrozenTrial) -> int:
+    return trial._trial_id
+
+
+def heartbeat_interval(study: optuna.Study) -> int | None:
+    """Seconds between a running trial's heartbeats; None where the storage keeps none (journal, in-memory)."""
+    storage = _storage(study)
+    # Only database storages implement Optuna's (private) heartbeat interface.
+    get_interval = getattr(storage, "get_heartbeat_interval", None)
+    return get_interval() if get_interval is not None else None
+
+
+def record_heartbeat(study: optuna.Study, trial: optuna.Trial | FrozenTrial) -> None:
+    """One heartbeat for a running trial, stamped by the database's clock."""
+    _storage(study).record_heartbeat(_trial_id(trial))  # type: ignore[attr-defined]
+
+
+def stale_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """RUNNING trials whose last heartbeat is older than the storage's grace period; none without a heartbeat."""
+    if not heartbeat_interval(study):
+        return []
+    storage = _storage(study)
+    return [storage.get_trial(i) for i in storage._get_stale_trial_ids(study._study_id)]  # type: ignore[attr-defined]
+
+
+def reload_trial(study: optuna.Study, trial: optuna.Trial | FrozenTrial) -> FrozenTrial:
+    """The trial as the storage holds it now (a FrozenTrial from `get_trials` is a snapshot)."""
+    return _storage(study).get_trial(_trial_id(trial))
+
+
+def set_trial_user_attr(study: optuna.Study, trial: FrozenTrial, key: str, value: Any) -> None:
+    """Set a user attribute on a trial that another process asked for (so no `Trial` object is at hand here).
+
+    Raises `optuna.exceptions.UpdateFinishedTrialError` when the trial is already finished.
+    """
+    _storage(study).set_trial_user_attr(_trial_id(trial), key, value)
+
+
+def fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str) -> FrozenTrial | None:
+    """Record `reason` as the trial's `fail_reason`, then fail it; None when it had finished already.
+
+    The reason goes first because a finished trial takes no more user attributes. Unlike
+    `study.tell(..., skip_if_finished=True)`, a trial another worker finished in between is
+    reported (None), so only one worker goes on to retry it.
+    """
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    storage = _storage(study)
+    try:
+        storage.set_trial_user_attr(_trial_id(trial), "fail_reason", reason)
+        storage.set_trial_state_values(_trial_id(trial), state=TrialState.FAIL)
+    except UpdateFinishedTrialError:
+        return None
+    return storage.get_trial(_trial_id(trial))
