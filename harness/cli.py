@@ -151,9 +151,14 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 
 def _resolve_resume(resume: str, tracking_uri: str | None) -> Path:
+    import re
+
     candidate = Path(resume)
     if candidate.is_dir():
         return candidate
+    # Only a run id is looked up: opening a SQLite store that is not there would create it.
+    if not re.fullmatch(r"[0-9a-f]{32}", resume):
+        raise HarnessError(f"--resume must be a run folder or an MLflow run id, but got {resume!r} (no such folder)")
     from harness.track.mlflow_run import open_client
 
     try:
@@ -167,6 +172,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import time
 
     from harness.config import load_config
+    from harness.data.index import build_manifest
     from harness.train.callbacks import Callback
     from harness.train.trainer import fit
 
@@ -186,19 +192,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         name = cfg.tracking.run_name or time.strftime("train-%Y%m%d-%H%M%S")
         run_dir = args.run_dir or cfg.train.output_dir / name
 
-    callback: Callback = Callback()
+    # Indexed before the run folder or MLflow run exists, so a missing data root or manifest writes nothing.
+    manifest = build_manifest(cfg.data, progress=not args.quiet)
+    tracker = None
     if not args.no_track:
         from harness.track.mlflow_run import MLflowTracker
 
-        callback = MLflowTracker(args.tracking_uri, cfg.tracking.experiment, run_name=run_dir.name, run_id=run_id)
+        tracker = MLflowTracker(args.tracking_uri, cfg.tracking.experiment, run_name=run_dir.name, run_id=run_id)
     try:
-        result = fit(cfg, callback, run_dir=run_dir, resume=resume_ckpt, progress=not args.quiet)
+        result = fit(cfg, tracker or Callback(), run_dir=run_dir, resume=resume_ckpt, manifest=manifest,
+                     progress=not args.quiet)
     except BaseException as exc:
-        if getattr(callback, "run_id", None):
-            callback.set_tags({"harness.status": "failed", "harness.reason": f"{type(exc).__name__}: {exc}"[:500]})
-            callback.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        # A run that never started is not added to MLflow: the error line already says what went wrong.
+        if tracker is not None and tracker.run_id:
+            tracker.record_failure(exc)
         raise
-    _print_train_summary(result, getattr(callback, "run_id", None))
+    _print_train_summary(result, tracker.run_id if tracker is not None else None)
     return 0 if result.status not in ("nan", "oom") else 1
 
 
@@ -282,8 +291,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     # progress display; the summary names the parent run instead.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     if args.gpus is not None:
+        from harness.sweep.space import load_space
         from harness.sweep.workers import launch_per_gpu, parse_gpus
 
+        load_space(args.space)  # a bad space stops here once, before any worker starts
         return launch_per_gpu(parse_gpus(args.gpus), _worker_argv(args))
     summary = run_sweep(args.space, args.trials, args.storage, args.study_name, args.tracking_uri,
                         args.max_failures, progress=not args.quiet, resume_trials=args.resume_trials,
@@ -306,12 +317,13 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 def cmd_export_best(args: argparse.Namespace) -> int:
     from harness.sweep.export import evaluate_best, export_best, locate_best_checkpoint
 
-    # Found first, so a missing checkpoint stops the command before it writes anything.
+    # Found first, so a missing checkpoint stops the command before it writes anything; scored before the
+    # YAML is written, so test data that cannot be read stops it too.
     target = locate_best_checkpoint(args.study_name, args.storage, args.tracking_uri) if args.evaluate else None
+    score = evaluate_best(target, args.tracking_uri) if target is not None else None
     path, number, value = export_best(args.study_name, args.out, args.storage)
     print(f"wrote {path}: trial {number} (validation score {value:.4f}); train it with `harness train --config {path}`")
     if target is not None:
-        score = evaluate_best(target, args.tracking_uri)
         shown = ", ".join(f"{name} {score.metrics[f'test_{name}']:.4f}" for name in _TEST_SUMMARY
                           if f"test_{name}" in score.metrics)
         print(f"test split, trial {number}'s best checkpoint (epoch {score.epoch}, {score.precision}): {shown}; "

@@ -1,13 +1,15 @@
-"""Threshold-free and thresholded metrics on hand-computed score sets: EER, its threshold, directions."""
+"""Threshold-free and thresholded metrics on hand-computed score sets: EER, its threshold, directions, names."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 
-from harness.train.metrics import clip_and_video_metrics, eer_threshold, equal_error_rate, metric_mode
+from harness.train.metrics import clip_and_video_metrics, eer_threshold, equal_error_rate, metric_mode, metric_names
 
 
 def test_eer_interpolates_between_the_two_roc_points_around_the_crossing() -> None:
@@ -88,3 +90,67 @@ def test_each_metric_knows_its_direction(name: str, mode: str) -> None:
 def test_a_metric_without_a_direction_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match=r"must be given, but got 'attention_entropy'"):
         metric_mode("attention_entropy")
+
+
+class _AttentionClipModel(torch.nn.Module):
+    """The Detector's call shape with attention pooling: (B, T, 3, H, W) -> (logits (B,), weights (B, T))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(3, 1)
+
+    def forward(self, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = clips.float().mean(dim=(3, 4))  # (B, T, 3)
+        logits = self.head(feats.mean(dim=1)).squeeze(-1)  # (B,)
+        return logits, torch.softmax(self.head(feats).squeeze(-1), dim=1)  # weights (B, T)
+
+
+def test_metric_names_holds_every_name_evaluate_reports() -> None:
+    from harness.config.loading import config_from_dict
+    from harness.train.trainer import evaluate
+
+    methods = ["real", "real", "Deepfakes", "Deepfakes", "FaceSwap", "FaceSwap"]
+
+    class Loader(list):  # evaluate reads each video's method from its loader's dataset manifest
+        dataset = type("Dataset", (), {"manifest": pd.DataFrame({"method": methods})})()
+
+    # Every optional name on: attention weights, a video that failed to decode, with and without a threshold.
+    batch = {
+        "clip": torch.rand(6, 2, 3, 4, 4, generator=torch.Generator().manual_seed(0)),
+        "label": torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0, 1.0]),
+        "video_idx": torch.arange(6),
+        "valid": torch.tensor([True, True, True, True, True, False]),
+    }
+    cfg, model, cpu = config_from_dict({}), _AttentionClipModel(), torch.device("cpu")
+    emitted: set[str] = set()
+    for prefix, threshold in (("val_", None), ("test_", 0.5)):
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+        metrics, _ = evaluate(model, Loader([batch]), loss_fn, cfg, cpu, prefix, threshold=threshold)
+        assert all(key.startswith(prefix) for key in metrics)
+        emitted |= {key.removeprefix(prefix) for key in metrics}
+    assert emitted == set(metric_names(methods))
+    assert "video_auc_FaceSwap" in emitted and "video_auc_real" not in emitted
+
+
+def test_a_misspelt_early_stop_metric_is_refused_at_load_with_the_names_allowed() -> None:
+    from harness.config.loading import config_from_dict
+    from harness.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"early_stop.metric must be one of clip_auc, .*video_auc_Deepfakes, "
+                                          r"loss, but got 'video_acu'") as caught:
+        config_from_dict({"data": {"methods": ["Deepfakes"]}, "early_stop": {"metric": "video_acu"}})
+    assert len(caught.value.problems) == 1 and "video_auc_FaceSwap" not in caught.value.problems[0]
+    # A reported name with no direction cannot tell early stopping which epoch was best.
+    with pytest.raises(ConfigError, match=r"early_stop.monitor_secondary must be one of .* but got 'video_threshold'"):
+        config_from_dict({"early_stop": {"monitor_secondary": "video_threshold"}})
+    # Per-method names follow the configured methods: synthetic data's, or FF++'s five when data.methods is null.
+    synthetic = {"source": "synthetic", "synthetic": {"methods": ["Face2Face"]}}
+    assert config_from_dict({"data": synthetic, "early_stop": {"metric": "video_auc_Face2Face"}})
+    with pytest.raises(ConfigError, match="but got 'video_auc_Deepfakes'"):
+        config_from_dict({"data": synthetic, "early_stop": {"metric": "video_auc_Deepfakes"}})
+    assert config_from_dict({"early_stop": {"metric": "video_auc_NeuralTextures", "monitor_secondary": "loss"}})
+    # A CSV names its methods only once read, so there any per-method AUC passes and other typos do not.
+    csv = {"source": "csv", "manifest": "videos.csv"}
+    assert config_from_dict({"data": csv, "early_stop": {"metric": "video_auc_MyMethod"}})
+    with pytest.raises(ConfigError, match=r"video_auc_<method> \(a method of data.manifest\), but got 'video_aucc'"):
+        config_from_dict({"data": csv, "early_stop": {"metric": "video_aucc"}})

@@ -16,23 +16,9 @@ from harness.cli import main
 from harness.config import load_config
 from harness.train.callbacks import Callback
 from harness.train.trainer import fit
+from helpers import ROOT, tiny_overrides
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_overrides(root: Path, tmp: Path) -> list[str]:
-    return [
-        # The generated tree has FF++'s layout, so the real FF++ indexing path reads it.
-        "data.source=ffpp",
-        f"data.root={root}",
-        "data.input_size=32",
-        "data.num_workers=0",
-        # The test tree's 24-frame videos hold two distinct 2 s windows; more would repeat them.
-        "data.clips_per_video_eval=2",
-        "train.epochs=4",
-        "train.batch_size=8",
-        f"train.output_dir={tmp / 'runs'}",
-    ]
+pytestmark = pytest.mark.slow
 
 
 class StopAfter(Callback):
@@ -160,9 +146,10 @@ def test_same_seed_gives_same_metrics(synthetic_root: Path, tmp_path: Path) -> N
 def test_an_unknown_early_stop_metric_is_a_config_error(synthetic_root: Path, tmp_path: Path) -> None:
     from harness.errors import ConfigError
 
-    cfg = load_config([ROOT / "baseline.yaml"], tiny_overrides(synthetic_root, tmp_path) + ["early_stop.metric=video_acu"])
+    # Refused when the config loads, before any run folder or data exists.
     with pytest.raises(ConfigError, match="early_stop.metric must be one of .*video_auc.*but got 'video_acu'"):
-        fit(cfg, run_dir=tmp_path / "x", progress=False)
+        load_config([ROOT / "baseline.yaml"], tiny_overrides(synthetic_root, tmp_path) + ["early_stop.metric=video_acu"])
+    assert not (tmp_path / "runs").exists()
 
 
 def test_nan_loss_ends_the_run_with_a_reason_not_a_traceback(synthetic_root: Path, tmp_path: Path, monkeypatch) -> None:

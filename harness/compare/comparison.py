@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,6 +132,17 @@ def _run_rounds(arms: Sequence[Arm], design: SequentialDesign, level: float, mar
     return records
 
 
+def _index_data(arms: Sequence[Arm]) -> None:
+    """Index each arm's data once before anything is written, so a missing root or split stops the comparison."""
+    from harness.data.index import build_manifest
+
+    seen: list[Any] = []
+    for arm in arms:
+        if arm.config.data not in seen:  # ablated arms mostly share their data
+            seen.append(arm.config.data)
+            build_manifest(arm.config.data, progress=False)
+
+
 def run_comparison(
     config_paths: Sequence[Path],
     overlays: Sequence[Path] = (),
@@ -154,6 +166,7 @@ def run_comparison(
     _check(config_paths, seeds, level, max_seeds, margin)
     started = time.perf_counter()
     arms, recs = plan_arms(config_paths, overlays, [DETERMINISTIC, *overrides], ablate)
+    _index_data(arms)
     out = Path(out) if out is not None else default_out(arms[: len(config_paths)], ablate)
     name = out.name
     design = SequentialDesign.auto(max_seeds, 1.0 - level, margin) if seeds == AUTO else None

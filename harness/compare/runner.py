@@ -13,7 +13,6 @@ import math
 import re
 import tempfile
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -165,11 +164,8 @@ def _train(arm: Arm, seed: int, cfg_hash: str, run_dir: Path, manifest: pd.DataF
     try:
         result = fit(cfg, tracker, run_dir=run_dir, manifest=manifest, progress=False, force_precision=precision)
     except Exception as exc:  # one broken run must not end the comparison
-        tracker.ensure_run()
-        tracker.set_tags({"harness.status": "failed", "harness.reason": f"{type(exc).__name__}: {exc}"[:5000],
-                          "traceback": traceback.format_exc()[-5000:]})
-        tracker.finish("FAILED")
-        return RunRecord(arm.name, seed, cfg_hash, tracker.run_id, False, "failed", f"{type(exc).__name__}: {exc}")
+        reason = tracker.record_failure(exc)
+        return RunRecord(arm.name, seed, cfg_hash, tracker.run_id, False, "failed", reason)
     wall = time.perf_counter() - started
     peak = [h["gpu_peak_mem_mb"] for h in result.train_history if "gpu_peak_mem_mb" in h]
     record = RunRecord(
@@ -249,9 +245,9 @@ def run_arms(
                 try:
                     record = _train(arm, seed, cfg_hash, run_dir, manifests[data_key], tracker,
                                     precisions.get(arm.config.train.amp))
-                except KeyboardInterrupt:
+                except KeyboardInterrupt as exc:
                     if tracker.run_id:
-                        tracker.finish("KILLED")
+                        tracker.record_failure(exc)
                     raise
                 auc = record.test_metrics.get("test_video_auc")
                 say(f"{prefix} {record.status} in {record.wall_seconds:.0f} s"

@@ -26,6 +26,7 @@ __all__ = [
     "EarlyStopConfig",
     "TrackingConfig",
     "FFPP_METHODS",
+    "metric_problem",
 ]
 
 FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures", "FaceShifter")
@@ -354,6 +355,52 @@ class Config(_Section):
                 "data.face_crop=true needs real faces, but data.source=synthetic draws cartoon faces no detector finds; "
                 "use it with data.source ffpp or csv"
             )
+        for key, name in (("early_stop.metric", self.early_stop.metric),
+                          ("early_stop.monitor_secondary", self.early_stop.monitor_secondary)):
+            problem = None if name is None else metric_problem(key, name, data)
+            if problem:
+                problems.append(problem)
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+
+def _methods_before_indexing(data: DataConfig) -> list[str] | None:
+    """The fake methods the manifest can hold, from the config alone; None where only the CSV knows (source csv).
+
+    With data.methods null the FF++ index takes the FF++ methods present, so those five bound the names.
+    """
+    if data.source == "synthetic":
+        return list(data.synthetic.methods)
+    if data.source == "ffpp":
+        return list(data.methods) if data.methods is not None else list(FFPP_METHODS)
+    return None
+
+
+def metric_problem(key: str, name: str, data: DataConfig) -> str | None:
+    """Why `name` (at `key`) is not a validation metric that rises or falls as the model improves; None if it is.
+
+    Checked when a config or search space loads, so a misspelt name stops the command before any
+    video is decoded or any run or trial starts, rather than failing every trial at its end.
+    """
+    methods = _methods_before_indexing(data)
+    scores = _score_names(methods or [])
+    if name in scores or (methods is None and name.startswith("video_auc_") and name != "video_auc_"):
+        return None
+    allowed = ", ".join(scores) + (", video_auc_<method> (a method of data.manifest)" if methods is None else "")
+    return f"{key} must be one of {allowed}, but got {name!r}"
+
+
+def _score_names(methods: list[str]) -> list[str]:
+    """The names `evaluate` reports that say whether the model improved (not thresholds, entropy, skip counts)."""
+    # The names live beside the code that computes them; imported here so the schema loads without sklearn.
+    from harness.train.metrics import metric_mode, metric_names
+
+    scores = []
+    for name in metric_names(methods):
+        try:
+            metric_mode(name)
+        except ValueError:
+            continue
+        scores.append(name)
+    return scores

@@ -12,18 +12,24 @@ import os
 import re
 import tempfile
 import time
+import traceback
 from collections.abc import Iterable, Mapping
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.config.loading import flatten, to_yaml
 from harness.train.callbacks import Callback, RunInfo
 from harness.train.trainer import TrainResult
 
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
 __all__ = ["MLflowTracker", "resolve_tracking_uri", "mask_uri", "open_client", "experiment_id"]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-_BATCH = 100  # MLflow's log_batch takes at most 100 params or 1000 metrics per call
+# A failure's reason and traceback are cut to this many characters (MLflow keeps 8000 per tag value).
+_FAILURE_CHARS = 5000
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -80,8 +86,8 @@ class MLflowTracker(Callback):
         log_checkpoint: bool = True,
         terminate: bool = True,
     ) -> None:
-        self.client = open_client(tracking_uri)
-        self.experiment_id = experiment_id(self.client, experiment)
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
         self.run_name = run_name
         self.parent_run_id = parent_run_id
         self.run_id = run_id
@@ -90,28 +96,35 @@ class MLflowTracker(Callback):
         self.log_checkpoint = log_checkpoint
         self.terminate = terminate
 
+    # Opened on first use, so a command stopped by bad input before its run starts leaves the store untouched
+    # (a SQLite store's file is created as soon as a client opens it).
+    @cached_property
+    def client(self) -> MlflowClient:
+        return open_client(self.tracking_uri)
+
+    @cached_property
+    def experiment_id(self) -> str:
+        return experiment_id(self.client, self.experiment)
+
     # --- small writers -------------------------------------------------------------------------
+    # MlflowClient.log_batch splits a batch into MLflow's per-request limits itself (100 params or tags,
+    # 1000 entities), so each writer sends everything in one call.
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, v, now, step) for k, v in _finite(metrics).items()]
-        for i in range(0, len(items), 1000):
-            self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in _finite(metrics).items()])
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        for i in range(0, len(items), _BATCH):
-            self.client.log_batch(self.run_id, params=items[i : i + _BATCH])
+        # MLflow would cut a longer value too, with a warning per value.
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        items = [RunTag(k, str(v)) for k, v in tags.items()]
-        for i in range(0, len(items), _BATCH):
-            self.client.log_batch(self.run_id, tags=items[i : i + _BATCH])
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
@@ -119,6 +132,29 @@ class MLflowTracker(Callback):
     def finish(self, status: str = "FINISHED") -> None:
         if self.run_id is not None:
             self.client.set_terminated(self.run_id, status)
+
+    def record_failure(
+        self, exc: BaseException, reason: str | None = None, tags: Mapping[str, Any] | None = None
+    ) -> str:
+        """Close the run as FAILED (KILLED for an interrupt), creating it first if no hook has yet.
+
+        Every failed run, from `harness train`, a sweep trial or a compare run, carries the same tags:
+        harness.status (failed or interrupted), harness.reason (`reason`, else "Type: message") and the
+        traceback, cut to 5000 characters; `tags` adds the caller's own (a trial's optuna.*), cut alike.
+        Returns the reason.
+        """
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        reason = reason or ("interrupted" if interrupted else f"{type(exc).__name__}: {exc}")
+        trace = "".join(traceback.format_exception(exc))
+        self.ensure_run()
+        self.set_tags({
+            "harness.status": "interrupted" if interrupted else "failed",
+            "harness.reason": reason[:_FAILURE_CHARS],
+            "traceback": trace[-_FAILURE_CHARS:],
+            **{key: str(value)[:_FAILURE_CHARS] for key, value in (tags or {}).items()},
+        })
+        self.finish("KILLED" if interrupted else "FAILED")
+        return reason
 
     def ensure_run(self) -> str:
         """Create the run if no hook has yet, so a failure before training starts is still visible in MLflow."""
@@ -176,7 +212,7 @@ class MLflowTracker(Callback):
         from harness.track.plots import plot_curves, plot_roc
 
         self.log_metrics(result.test_metrics, step=result.epochs_run)
-        tags = {"harness.status": result.status, "harness.reason": result.reason}
+        tags = {"harness.status": result.status, "harness.reason": result.reason[:_FAILURE_CHARS]}
         if result.best_epoch is not None:
             tags.update({"best_epoch": result.best_epoch, "best_value": result.best_value})
         if result.best_model_path is not None:

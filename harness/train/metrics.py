@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -17,6 +17,7 @@ __all__ = [
     "clip_and_video_metrics",
     "attention_entropy",
     "metric_mode",
+    "metric_names",
 ]
 
 # Name parts that say which way a metric improves; one table, read by metric_mode.
@@ -77,6 +78,21 @@ def metric_mode(name: str) -> str:
         f"a metric that rises or falls when the model improves (its name containing one of "
         f"{sorted(_MINIMISED | _MAXIMISED)}) must be given, but got {name!r}"
     )
+
+
+def metric_names(methods: Iterable[str]) -> list[str]:
+    """Every metric name `evaluate` can report for one split, without its split prefix (val_, test_).
+
+    `methods` are the manifest's manipulation methods; each fake one adds a per-method AUC. Some names
+    appear only in some runs: video_threshold without a given threshold (validation), threshold with one
+    (test), attention_entropy with attention pooling, skipped_clips when videos failed to decode.
+    threshold, loss, attention_entropy and skipped_clips come from trainer.evaluate itself, so
+    tests/test_metrics.py runs the real evaluate to keep this list whole.
+    """
+    per_method = [f"video_auc_{m}" for m in sorted(set(methods) - {"real"})]
+    video = [f"video_{part}" for part in ("auc", "ap", "eer", "acc", "f1")]
+    return ["clip_auc", "video_threshold", *video, *per_method,
+            "threshold", "loss", "attention_entropy", "skipped_clips"]
 
 
 def binary_metrics(labels: np.ndarray, probs: np.ndarray, prefix: str, threshold: float = 0.5) -> dict[str, float]:

@@ -1,0 +1,69 @@
+"""MLflowTracker against a real SQLite store: opened lazily, large batches, and the one way a failed run is recorded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.track.mlflow_run import MLflowTracker
+
+
+@pytest.fixture(scope="module")
+def store_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+def _raise(exc: BaseException) -> BaseException:
+    """`exc` with a traceback, as a caller's except block sees it."""
+    try:
+        raise exc
+    except BaseException as caught:
+        return caught
+
+
+def test_a_tracker_opens_no_store_until_it_makes_a_run(tmp_path: Path) -> None:
+    db = tmp_path / "lazy.db"
+    tracker = MLflowTracker(f"sqlite:///{db}", "lazy", run_name="r")
+    assert not db.exists()  # a command stopped by bad input before its run leaves no store behind
+    tracker.ensure_run()
+    assert db.exists() and tracker.client.get_run(tracker.run_id).info.run_name == "r"
+
+
+def test_batches_over_mlflow_limits_are_logged_whole(store_uri: str) -> None:
+    # 100 params or tags and 1000 metrics per request: MlflowClient.log_batch splits larger batches itself.
+    tracker = MLflowTracker(store_uri, "batches")
+    tracker.ensure_run()
+    tracker.log_params({f"p{i}": i for i in range(250)})
+    tracker.set_tags({f"t{i}": i for i in range(150)})
+    tracker.log_metrics({f"m{i}": float(i) for i in range(1500)}, step=3)
+    data = tracker.client.get_run(tracker.run_id).data
+    assert len(data.params) == 250 and data.params["p249"] == "249"
+    assert {f"t{i}" for i in range(150)} <= set(data.tags) and data.tags["t149"] == "149"
+    assert len(data.metrics) == 1500 and data.metrics["m1499"] == 1499.0
+
+
+def test_a_failure_is_recorded_with_the_same_tags_and_cut_to_5000_characters(store_uri: str) -> None:
+    tracker = MLflowTracker(store_uri, "failures", run_name="broken", tags={"harness.role": "compare-run"})
+    error = _raise(ValueError("x" * 9000))
+    reason = tracker.record_failure(error, tags={"optuna.state": "FAIL", "optuna.reason": "y" * 9000})
+    run = tracker.client.get_run(tracker.run_id)  # created by record_failure: it failed before any hook ran
+    tags = run.data.tags
+    assert run.info.status == "FAILED" and reason.startswith("ValueError: xxx")
+    assert tags["harness.status"] == "failed" and tags["harness.role"] == "compare-run"
+    assert tags["harness.reason"] == reason[:5000] and len(tags["optuna.reason"]) == 5000
+    assert len(tags["traceback"]) == 5000 and tags["traceback"].endswith("x\n")  # the end, where the message is
+    assert tags["optuna.state"] == "FAIL"
+
+
+def test_an_interrupt_closes_the_run_as_killed(store_uri: str) -> None:
+    tracker = MLflowTracker(store_uri, "failures")
+    tracker.ensure_run()
+    assert tracker.record_failure(_raise(KeyboardInterrupt())) == "interrupted"
+    run = tracker.client.get_run(tracker.run_id)
+    assert run.info.status == "KILLED" and run.data.tags["harness.status"] == "interrupted"
+    assert "KeyboardInterrupt" in run.data.tags["traceback"]
+    # A reason given by the caller (a trial's "oom: ...") is the one recorded.
+    other = MLflowTracker(store_uri, "failures")
+    other.record_failure(_raise(RuntimeError("CUDA out of memory")), "oom: CUDA out of memory")
+    assert other.client.get_run(other.run_id).data.tags["harness.reason"] == "oom: CUDA out of memory"
