@@ -227,7 +227,6 @@ class Loaders:
     train_dataset: ClipDataset
     val_dataset: ClipDataset
     test_dataset: ClipDataset
-    train_generator: torch.Generator  # shuffling/sampling state; save it to resume the same order
 
     def with_batch_size(self, batch_size: int) -> Loaders:
         """The same datasets and samplers in batches of `batch_size` (the out-of-memory back-off).
@@ -245,7 +244,7 @@ class Loaders:
             )
 
         return Loaders(rebatch(self.train), rebatch(self.val), rebatch(self.test), self.train_dataset,
-                       self.val_dataset, self.test_dataset, self.train_generator)
+                       self.val_dataset, self.test_dataset)
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -311,4 +310,4 @@ def build_loaders(
     train = DataLoader(datasets["train"], sampler=sampler, generator=torch.Generator().manual_seed(seed + 1), **common)
     val = DataLoader(datasets["val"], shuffle=False, generator=torch.Generator().manual_seed(seed), **common)
     test = DataLoader(datasets["test"], shuffle=False, generator=torch.Generator().manual_seed(seed), **common)
-    return Loaders(train, val, test, datasets["train"], datasets["val"], datasets["test"], generator)
+    return Loaders(train, val, test, datasets["train"], datasets["val"], datasets["test"])

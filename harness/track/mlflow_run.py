@@ -13,7 +13,7 @@ import re
 import tempfile
 import time
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -233,13 +233,3 @@ class MLflowTracker(Callback):
                 self.log_artifact(plot_roc(result.test_videos, Path(tmp) / "roc.png"))
         if self.terminate:
             self.finish("FAILED" if result.status in ("nan", "oom") else "FINISHED")
-
-
-def log_table(tracker: MLflowTracker, rows: Iterable[Mapping[str, Any]], name: str) -> None:
-    """A CSV artifact from a list of dicts (per-validation history, trial tables)."""
-    import pandas as pd
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / name
-        pd.DataFrame(list(rows)).to_csv(path, index=False)
-        tracker.log_artifact(path)
