@@ -7,6 +7,12 @@ from pathlib import Path
 
 # Before anything loads torch: spinning OpenMP threads stall a busy 2-core machine (see harness.cli.main).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Under pytest-xdist, each worker's torch (and the harness processes it starts) gets its share of the cores: two
+# workers of two threads each on 2 cores wait on each other's threads at every parallel op (the train and compare
+# end-to-end tests took 90 s with -n 2, 63 s with one thread per worker).
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_share))
 
 import pytest
 

@@ -13,8 +13,9 @@ from mlflow import MlflowClient
 
 import harness.train.trainer as trainer
 from harness.cli import main
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

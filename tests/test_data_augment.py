@@ -5,7 +5,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from test_train_e2e import ROOT, tiny_overrides
 
 from harness.config import load_config
 from harness.config.schema import FFPP_METHODS, AugmentConfig, DataConfig
@@ -13,6 +12,7 @@ from harness.data.augment import PARAM_NAMES, ClipAugment, apply_clip_params, au
 from harness.data.dataset import ClipDataset
 from harness.data.index import index_ffpp
 from harness.train.trainer import fit
+from helpers import ROOT, tiny_overrides
 
 
 def _clip(t: int = 6) -> torch.Tensor:

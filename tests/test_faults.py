@@ -25,10 +25,9 @@ from harness.data.index import build_manifest
 from harness.faults import ENV_VAR
 from harness.sweep.storage import open_storage
 from services import fresh_postgres_db, mlflow_server, postgres_url  # noqa: F401
-from test_sweep_e2e import ROOT, write_space
-from test_train_faults import _corrupt
+from helpers import ROOT, corrupt_keeping_size_and_mtime, write_space
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 STUDY = "faults"
 
@@ -47,12 +46,20 @@ def _sweep(tmp: Path, space: Path, trials: int, *extra: str, storage: str | None
             "--tracking-uri", uri or f"sqlite:///{tmp / 'mlflow.db'}", "--quiet", *extra]
 
 
+def _default_sigint() -> None:
+    # Run in the child before exec: a non-interactive shell starts a background job (`pytest ... &`) with SIGINT
+    # ignored, children inherit that, and the worker would never see the test's Ctrl-C.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _run(cmd: list[str], tmp: Path, faults: str | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=tmp, env=_env(faults), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=tmp, env=_env(faults), capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=_default_sigint)
 
 
 def _start(cmd: list[str], tmp: Path, faults: str) -> subprocess.Popen:
-    return subprocess.Popen(cmd, cwd=tmp, env=_env(faults), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(cmd, cwd=tmp, env=_env(faults), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=_default_sigint)
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
@@ -145,7 +152,8 @@ def test_ctrl_c_records_the_trial_as_interrupted_and_says_how_to_resume(syntheti
 
 
 def test_injected_out_of_memory_backs_off_and_the_trial_completes(synthetic_root: Path, tmp_path: Path) -> None:
-    space = write_space(tmp_path, synthetic_root, {"type": "none"})
+    # 2 epochs: the last epoch's logged micro-batch shows the back-off lasting past the epoch it happened in.
+    space = write_space(tmp_path, synthetic_root, {"type": "none"}, epochs=2)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     done = _run(_sweep(tmp_path, space, 1), tmp_path, faults="oom_above=4")
     assert done.returncode == 0, done.stdout + done.stderr
@@ -197,7 +205,7 @@ def test_a_video_that_stops_decoding_mid_training_is_skipped_counted_and_reporte
     common += ["--tracking-uri", uri]
     manifest = build_manifest(cfg.data, progress=False)  # indexes and caches the manifest the process will reuse
     bad = manifest[(manifest.split == "train") & (manifest.label == 0)].path.iloc[0]
-    _corrupt(Path(bad))  # after indexing, size and mtime kept: the cached manifest still lists it
+    corrupt_keeping_size_and_mtime(Path(bad))  # after indexing: the cached manifest still lists it
 
     done = _run([sys.executable, "-m", "harness", "train", *common, "--run-dir", str(tmp_path / "runs" / "r"), "--quiet"], tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr

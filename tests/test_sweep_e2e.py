@@ -17,29 +17,9 @@ from harness.cli import main
 from harness.config import load_config
 from harness.sweep.storage import open_storage
 from harness.train.trainer import fit
+from helpers import ROOT, write_space
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def write_space(tmp: Path, root: Path, pruner: dict) -> Path:
-    """The demo space's knobs over baseline + demo + a tiny overlay, so trials take seconds."""
-    (tmp / "tiny.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "data": {"source": "ffpp", "root": str(root), "input_size": 32},
-                "train": {"epochs": 4, "batch_size": 8, "output_dir": str(tmp / "runs")},
-            }
-        )
-    )
-    space = yaml.safe_load((ROOT / "search_spaces" / "demo.yaml").read_text())
-    space["base"] = [str(ROOT / "baseline.yaml")]
-    space["overlays"] = [str(ROOT / "configs" / "demo.yaml"), str(tmp / "tiny.yaml")]
-    space["study"]["enqueue"] = [str(ROOT / "baseline.yaml"), str(ROOT / "recommended.yaml")]
-    space["study"]["pruner"] = pruner
-    path = tmp / "space.yaml"
-    path.write_text(yaml.safe_dump(space, sort_keys=False))
-    return path
-
+pytestmark = pytest.mark.slow
 
 AGGRESSIVE = {"type": "percentile", "percentile": 10.0, "n_startup_trials": 1, "n_warmup_steps": 0}
 
@@ -174,7 +154,7 @@ def test_bad_space_is_refused_before_any_trial(tmp_path: Path, capsys) -> None:
 
 @pytest.mark.faults
 def test_two_workers_on_one_journal_finish_exactly_n_trials(synthetic_root: Path, tmp_path: Path) -> None:
-    space = write_space(tmp_path, synthetic_root, {"type": "none"})
+    space = write_space(tmp_path, synthetic_root, {"type": "none"}, epochs=2)
     journal = str(tmp_path / "optuna.journal")
     cmd = [sys.executable, "-m", "harness", "sweep", "--space", str(space), "--trials", "5", "--storage", journal,
            "--study-name", "shared", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--quiet"]
@@ -206,7 +186,7 @@ def test_a_failing_trial_is_recorded_with_its_reason_and_the_sweep_goes_on(
 
     monkeypatch.setattr(trial_module, "fit", flaky_fit)
     monkeypatch.chdir(tmp_path)
-    space = write_space(tmp_path, synthetic_root, {"type": "none"})
+    space = write_space(tmp_path, synthetic_root, {"type": "none"}, epochs=2)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     journal = str(tmp_path / "optuna.journal")
     assert main(["sweep", "--space", str(space), "--trials", "2", "--storage", journal, "--study-name", "f",

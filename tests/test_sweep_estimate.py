@@ -8,8 +8,7 @@ import pytest
 
 from harness.cli import main
 from harness.sweep.estimate import DEMO_EPOCH_FRACTION, StepTimes, SweepEstimate
-
-from test_sweep_e2e import write_space
+from helpers import write_space
 
 
 def test_the_estimate_scales_steps_by_epochs_validations_trials_and_workers() -> None:

@@ -5,11 +5,9 @@ The same faults through real `harness` processes are in test_faults.py.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -19,13 +17,14 @@ from harness.data.index import build_manifest
 from harness.faults import ENV_VAR, Faults
 from harness.errors import ConfigError
 from harness.train.trainer import fit
-from test_train_e2e import ROOT, tiny_overrides
+from helpers import ROOT, corrupt_keeping_size_and_mtime, tiny_overrides
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["model"]
 
 
+@pytest.mark.slow
 def test_out_of_memory_mid_epoch_halves_the_batch_and_redoes_the_epoch(synthetic_root: Path, tmp_path: Path, monkeypatch) -> None:
     cfg = load_config([ROOT / "baseline.yaml"], tiny_overrides(synthetic_root, tmp_path) + ["train.epochs=2", "data.cache=false"])
     # Two micro-batches an epoch. Failing at the 3rd (epoch 2's first) leaves nothing to undo; failing at
@@ -74,13 +73,7 @@ def test_a_bad_fault_spec_names_the_variable_and_the_choices() -> None:
     assert Faults.from_env({}) == Faults()
 
 
-def _corrupt(path: Path) -> None:
-    """Random bytes of the same size with the same mtime: the cached manifest still lists the file as fine."""
-    stat = path.stat()
-    path.write_bytes(np.random.default_rng(0).integers(0, 256, stat.st_size, dtype=np.uint8).tobytes())
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("reading", [
     ["data.cache=false"],
     # Encoded frames decoded in the trainer: a left-out clip still needs a frame to decode.
@@ -97,7 +90,7 @@ def test_videos_that_stop_decoding_are_replaced_or_left_out_and_reported(
     train_fake = manifest[(manifest.split == "train") & (manifest.label == 1)].path.iloc[0]
     val_video = manifest[manifest.split == "val"].path.iloc[0]
     for path in (train_fake, val_video):
-        _corrupt(Path(path))
+        corrupt_keeping_size_and_mtime(Path(path))
     assert len(build_manifest(cfg.data, progress=False)) == len(manifest)  # indexing still trusts them
 
     result = fit(cfg, run_dir=tmp_path / "run", progress=False)
@@ -121,7 +114,7 @@ def test_the_frame_cache_leaves_out_videos_that_fail_to_decode(synthetic_root: P
     cfg = load_config([ROOT / "baseline.yaml"], tiny_overrides(root, tmp_path))
     manifest = build_manifest(cfg.data, progress=False)
     bad = manifest.path.iloc[3]
-    _corrupt(Path(bad))
+    corrupt_keeping_size_and_mtime(Path(bad))
     stats = build_cache(manifest, cfg.data, progress=False)
     assert stats.failed == (bad,)
     assert stats.decoded == len(manifest) - 1
@@ -134,6 +127,6 @@ def test_too_many_bad_videos_stop_the_run_with_the_limit_named(synthetic_root: P
     shutil.copytree(synthetic_root, root, ignore=shutil.ignore_patterns(".harness_frame_cache"))
     cfg = load_config([ROOT / "baseline.yaml"], tiny_overrides(root, tmp_path) + ["data.cache=false", "data.max_bad_fraction=0"])
     manifest = build_manifest(cfg.data, progress=False)
-    _corrupt(Path(manifest[manifest.split == "train"].path.iloc[0]))
+    corrupt_keeping_size_and_mtime(Path(manifest[manifest.split == "train"].path.iloc[0]))
     with pytest.raises(DataError, match="more than data.max_bad_fraction allows"):
         fit(cfg, run_dir=tmp_path / "run", progress=False)
