@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["HarnessError", "ConfigError", "DataError", "SpaceError", "StudyError"]
+from pathlib import Path
+
+__all__ = ["HarnessError", "ConfigError", "DataError", "SpaceError", "StudyError", "DiskFull"]
 
 
 class HarnessError(Exception):
@@ -29,3 +31,18 @@ class SpaceError(HarnessError):
 
 class StudyError(HarnessError):
     """A study cannot give what was asked (no completed trial, unknown study name, ...)."""
+
+
+class DiskFull(HarnessError):
+    """A write found its disk full (ENOSPC) or its quota used up (EDQUOT); `folder` is where it was writing.
+
+    Not a DataError: a full disk is no fault of the video being cached, so nothing that skips bad videos
+    may swallow it. Its message starts "disk full: <folder>" (harness.io writes it).
+    """
+
+    def __init__(self, message: str, folder: Path | None = None) -> None:
+        # A DataLoader worker's error reaches the main process rebuilt from "Caught DiskFull in DataLoader worker
+        # process 0." and the worker's traceback, without `folder`; the traceback's last such line is our own.
+        own = [line[line.index("disk full: "):] for line in message.splitlines() if "disk full: " in line]
+        super().__init__(own[-1] if own else message)
+        self.folder = folder

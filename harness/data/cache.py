@@ -44,7 +44,7 @@ from harness.data.face_crops import (FACE_BOXES_FILE, face_box_store_for, face_s
                                      write_face_boxes_csv)
 from harness.data.readers import FrameReader, _LRU, resolve_backend
 from harness.errors import DataError
-from harness.io import atomic_path, file_lock
+from harness.io import atomic_path, file_lock, reporting_disk_full, reserve_blocks
 
 __all__ = ["FrameCache", "CachedReader", "CacheStats", "frame_cache_for", "build_cache", "cache_root", "snap_to_stride", "DEFAULT_CACHE_FOLDER"]
 
@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 _VERSION = 2  # 2: the format and quality joined the folder name; jpeg/webp entries
 _CHUNK = 64  # frames decoded per read while filling an entry: bounds memory for long videos
 _DECODE_LOG = "decodes.log"
+_CACHE_DIR_KEY = "data.cache_dir"  # named in a full disk's message: where the cache can move
 
 
 def snap_to_stride(indices: np.ndarray, stride: int) -> np.ndarray:
@@ -116,7 +117,11 @@ class FrameCache:
     @contextmanager
     def _video_lock(self, video: str, blocking: bool) -> Iterator[bool]:
         """Hold the video's lock (True), or yield False at once when another process holds it and not blocking."""
-        with file_lock(video_folder(self.dir, video) / ".lock", blocking) as held:
+        lock = video_folder(self.dir, video) / ".lock"
+        # A new video's folder takes a disk block on most filesystems, so a full disk can show here first.
+        with reporting_disk_full(lock, _CACHE_DIR_KEY):
+            lock.parent.mkdir(parents=True, exist_ok=True)
+        with file_lock(lock, blocking) as held:
             yield held
 
     def ensure(self, video: str, n_frames: int, reader: FrameReader, blocking: bool = True) -> bool | None:
@@ -137,10 +142,14 @@ class FrameCache:
             return True
 
     def _write_entry(self, video: str, n_frames: int, entry: Path, reader: FrameReader) -> None:
+        """Fill the video's entry; a full disk raises DiskFull (not a DataError: the video is not to blame)."""
         stored = np.arange(0, n_frames, self.stride)
-        with atomic_path(entry) as tmp:
+        with atomic_path(entry, setting=_CACHE_DIR_KEY) as tmp:
             out = open_frame_writer(tmp, self.frame_format, self.quality, len(stored), self.size, self.size)
             try:
+                if self.frame_format == "raw":
+                    # A memory map of a sparse file dies of SIGBUS when the disk fills; claimed blocks cannot run out.
+                    reserve_blocks(tmp)
                 for start in range(0, len(stored), _CHUNK):
                     out.append(reader.read(video, stored[start:start + _CHUNK], self.size))
                 out.finish()
@@ -151,7 +160,7 @@ class FrameCache:
             if stale != entry:
                 stale.unlink(missing_ok=True)
         # O_APPEND writes this short must not interleave, so concurrent builders share one log.
-        with open(self.dir / _DECODE_LOG, "a") as log:
+        with reporting_disk_full(self.dir / _DECODE_LOG, _CACHE_DIR_KEY), open(self.dir / _DECODE_LOG, "a") as log:
             log.write(f"{time.time():.3f}\t{os.getpid()}\t{os.path.abspath(video)}\n")
 
     def open_entry(self, entry: Path) -> FrameFile:

@@ -18,6 +18,8 @@ import pandas as pd
 
 from harness.config.loading import flatten
 from harness.config.schema import Config
+from harness.errors import DiskFull
+from harness.io import is_disk_full
 from harness.train.callbacks import Callback, CallbackList, RunInfo
 from harness.train.checkpoint import load_checkpoint
 from harness.train.trainer import TrainResult, fit, is_out_of_memory
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PruningReporter", "TrialProgress", "TrialOutcome", "OutcomeState", "ResumedHistory", "run_trial",
-    "prepare_resume", "objective_value", "trial_params_for_mlflow", "config_record",
+    "prepare_resume", "objective_value", "trial_params_for_mlflow", "config_record", "disk_full_reason",
 ]
 
 # How a trial ended, named as Optuna's TrialState members so `TrialState[state]` finds the one to tell.
@@ -173,6 +175,8 @@ def run_trial(
         reason = f"{type(exc).__name__}: {exc}"
         if is_out_of_memory(exc):
             reason = f"oom: {exc}"
+        elif is_disk_full(exc):
+            reason = disk_full_reason(exc)
         tracker.record_failure(exc, reason, tags={"optuna.state": "FAIL", "optuna.reason": reason})
         return TrialOutcome("FAIL", None, reason, 0)
     if reporter.pruned_at is not None:
@@ -189,6 +193,15 @@ def run_trial(
     if outcome.value is not None:
         tracker.log_metrics({f"objective_{metric}": outcome.value}, step=result.epochs_run)
     return outcome
+
+
+def disk_full_reason(exc: Exception) -> str:
+    """`disk full: <folder> ...`: DiskFull's own line, which says what to free or change."""
+    if isinstance(exc, DiskFull):
+        return str(exc)
+    # A full disk met outside harness.io's writers: an OSError (or an error raised while handling one).
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no message"
+    return f"disk full: {type(exc).__name__}: {first}"
 
 
 def trial_params_for_mlflow(params: dict[str, Any]) -> dict[str, Any]:

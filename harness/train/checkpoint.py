@@ -13,10 +13,17 @@ __all__ = ["save_checkpoint", "load_checkpoint"]
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> Path:
-    """Write to a temp file then rename, so a crash mid-write never leaves a torn checkpoint."""
+    """Write to a temp file then rename, so a crash mid-write never leaves a torn checkpoint.
+
+    A full disk raises DiskFull naming the folder and leaves the previous checkpoint at `path` as it was.
+    """
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    # Checkpoints live in run folders under train.output_dir, the key that moves them to a larger disk.
+    with atomic_path(path, setting="train.output_dir") as tmp:
+        # Through a Python file: torch.save given a path reports a failed write as a RuntimeError without its
+        # errno, so a full disk could not be told from any other failure.
+        with open(tmp, "wb") as file:
+            torch.save(state, file)
     return path
 
 
