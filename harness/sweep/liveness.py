@@ -2,7 +2,8 @@
 
 A worker killed with SIGKILL (or a machine that lost power) leaves its trial RUNNING forever.
 Two signs tell that it is gone: on the same machine, the pid recorded on the trial no longer
-exists; on any machine, a database storage's heartbeat is older than its grace period. Either
+exists; on any machine, a database storage's heartbeat is older than its grace period. (A trial
+its worker never marked, dying right after asking for it, is dead by construction.) Either
 way the trial is failed with a reason and its parameters are enqueued once more, marked
 `retry_of`, so the study still reaches its target count and a retry can resume from the dead
 trial's `last` checkpoint.
@@ -30,9 +31,13 @@ GRACE_PERIOD = 180
 
 
 def mark_worker(trial: optuna.Trial) -> None:
-    """Record which process runs the trial, so a restart on this machine can tell whether it died."""
-    trial.set_user_attr("host", socket.gethostname())
+    """Record which process runs the trial, so a restart on this machine can tell whether it died.
+
+    The pid goes first: a trial with a host always has its pid, and one killed in between has no host (see
+    `reap_dead_trials`).
+    """
     trial.set_user_attr("pid", os.getpid())
+    trial.set_user_attr("host", socket.gethostname())
 
 
 def _pid_alive(pid: int) -> bool:
@@ -50,24 +55,45 @@ def retry_once(study: optuna.Study, trial: FrozenTrial) -> None:
     if trial.user_attrs.get("retry_of") is not None:
         return  # retried once, not forever
     attrs = {k: v for k, v in trial.user_attrs.items() if k == "enqueued_from"}
-    study.enqueue_trial(trial.params, user_attrs={**attrs, "retry_of": trial.number})
+    # A trial that died before its first suggest has no params yet, only those it was enqueued with.
+    params = trial.params or trial.system_attrs.get("fixed_params", {})
+    study.enqueue_trial(params, user_attrs={**attrs, "retry_of": trial.number})
+
+
+def _death(trial: FrozenTrial, host: str) -> str | None:
+    """Why the RUNNING `trial`'s worker is known to be dead, or None when it may be alive (or is on another machine)."""
+    if "host" not in trial.user_attrs:
+        # Workers ask for a trial and mark it in one hold of the storage lock, which the reaper holds now: a trial
+        # without a host was asked by a worker that died before marking it, on whichever machine. No pid and no
+        # heartbeat would ever tell, and as RUNNING it would count towards --trials for good.
+        return "worker died (before it marked the trial)"
+    if trial.user_attrs["host"] != host:
+        return None  # another machine's: its heartbeat decides (fail_stale_trials)
+    pid = trial.user_attrs.get("pid")
+    return "worker died (process gone)" if pid is None or not _pid_alive(int(pid)) else None
 
 
 def reap_dead_trials(study: optuna.Study, retry: bool = True) -> list[int]:
-    """Fail RUNNING trials whose worker on this machine (recorded host and pid) is gone; enqueue each once more."""
+    """Fail RUNNING trials whose worker on this machine (recorded host and pid) is gone; enqueue each once more.
+
+    Call it holding `storage.storage_lock`, as the sweep does: a RUNNING trial not yet marked by `mark_worker` is
+    then known to be dead too.
+    """
     from optuna.trial import TrialState
 
     host = socket.gethostname()
     reaped = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get("host") != host or _pid_alive(int(t.user_attrs.get("pid", -1))):
+        reason = _death(t, host)
+        if reason is None:
             continue
         # The dead worker's Trial object is gone; the storage is the only handle left on its trial.
-        optuna_access.set_trial_user_attr(study, t, "fail_reason", "worker died (process gone)")
-        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-        reaped.append(t.number)
+        trial = optuna_access.fail_trial(study, t, reason)
+        if trial is None:
+            continue  # another worker failed it first (a hold whose lock a database restart took away), and retried it
+        reaped.append(trial.number)
         if retry:
-            retry_once(study, optuna_access.reload_trial(study, t))
+            retry_once(study, trial)
     return reaped
 
 

@@ -6,6 +6,11 @@ study's storage and the storage's trial id, which Optuna keeps private (`Study._
 `Trial._trial_id`, `BaseHeartbeat._get_stale_trial_ids`). They may change in any release, so
 they are used here only; tests/test_sweep_optuna_access.py runs each against real storages, and
 pyproject.toml bounds optuna to the major version those tests pass on.
+
+The storage that retries its calls (`retrying_storage`) needs two more: Optuna's read cache
+(`_CachedStorage`, here), which `optuna.create_study` puts in front of a plain RDBStorage only,
+and `BaseHeartbeat`, which it subclasses there (a base class cannot hide behind a function);
+tests/test_sweep_storage.py and tests/test_storage_faults.py run it on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import optuna
-    from optuna.storages import BaseStorage
+    from optuna.storages import BaseStorage, RDBStorage
     from optuna.trial import FrozenTrial
 
 __all__ = [
     "heartbeat_interval", "record_heartbeat", "stale_trials", "reload_trial", "set_trial_user_attr", "fail_trial",
+    "cached_storage",
 ]
 
 
@@ -81,3 +87,13 @@ def fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str) -> FrozenTr
     except UpdateFinishedTrialError:
         return None
     return storage.get_trial(_trial_id(trial))
+
+
+def cached_storage(storage: RDBStorage) -> BaseStorage:
+    """`storage` behind Optuna's read cache (finished trials are read once), as `optuna.create_study` would wrap it.
+
+    Optuna wraps only an RDBStorage it is handed directly; a storage that wraps one itself must add the cache.
+    """
+    from optuna.storages import _CachedStorage
+
+    return _CachedStorage(storage)
