@@ -209,3 +209,41 @@ def test_the_parent_run_gets_the_best_value_under_the_metrics_name(tmp_path: Pat
     metrics = client.get_run(parent).data.metrics
     assert metrics["best_loss"] == metrics["best_value"] == 0.2
     assert metrics["n_complete"] == 3 and metrics["n_pruned"] == 1
+
+
+def test_workers_sharing_a_seeded_study_get_samplers_of_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    import optuna
+
+    from harness.sweep.study import _worker_seed
+    from harness.sweep.workers import WORKER_INDEX_ENV
+
+    monkeypatch.delenv(WORKER_INDEX_ENV, raising=False)
+    study = optuna.create_study()
+    assert _worker_seed(None, study) is None  # an unseeded sampler draws its own seed already
+    assert _worker_seed(0, study) is None  # a lone worker keeps the space's seed: reproducible
+    monkeypatch.setenv(WORKER_INDEX_ENV, "1")
+    assert _worker_seed(0, study) == 1_000_003  # the second --gpus worker
+    monkeypatch.setenv(WORKER_INDEX_ENV, "0")
+    study.ask()  # a trial running elsewhere: this worker joins a shared study
+    joined = _worker_seed(0, study)
+    assert joined is not None and joined != 0
+    study.tell(0, 0.5)  # nothing running: a resumed study, offset by its trial count
+    assert _worker_seed(0, study) == 104_729
+    # Seeds that differ really give other draws.
+    draws = [optuna.samplers.RandomSampler(seed=s).sample_independent(
+        study, study.ask(), "x", optuna.distributions.FloatDistribution(0, 1)) for s in (0, joined)]
+    assert draws[0] != draws[1]
+
+
+def test_a_finished_sweeps_leftover_waiting_trials_are_failed_with_a_reason() -> None:
+    import optuna
+
+    from harness.sweep.study import _drop_waiting
+
+    study = optuna.create_study()
+    study.tell(study.ask(), 0.5)
+    study.enqueue_trial({"x": 1.0})  # a dead worker's retry that nobody needs any more
+    _drop_waiting(study, "not run: the study reached --trials 1")
+    [done, left] = study.get_trials()
+    assert done.state.name == "COMPLETE" and left.state.name == "FAIL"
+    assert left.user_attrs["fail_reason"] == "not run: the study reached --trials 1"

@@ -8,6 +8,7 @@ One worker's sweep is four steps: open the study (under the storage lock), take 
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 import warnings
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from harness.config.loading import flatten
 from harness.errors import StudyError
 from harness.sweep.liveness import GRACE_PERIOD, HEARTBEAT_INTERVAL
+from harness.sweep.retry import STORAGE_RETRY_SECONDS
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -28,11 +30,13 @@ if TYPE_CHECKING:
 
     from harness.config.schema import Config, DataConfig
     from harness.sweep.report import TrialBar
+    from harness.sweep.retry import StorageRetry
     from harness.sweep.space import SearchSpace
     from harness.sweep.trial import TrialOutcome
     from harness.track.mlflow_run import MLflowTracker
 
-__all__ = ["SweepSummary", "run_sweep", "finished_count", "FINISHED", "Direction", "RunStatus", "TrialStateName"]
+__all__ = ["SweepSummary", "run_sweep", "check_resumed_space", "finished_count", "FINISHED", "Direction", "RunStatus",
+           "TrialStateName"]
 
 # Optuna's TrialState member names, as the sweep compares them without importing Optuna up front.
 TrialStateName = Literal["WAITING", "RUNNING", "COMPLETE", "PRUNED", "FAIL"]
@@ -40,6 +44,8 @@ FINISHED: tuple[TrialStateName, ...] = ("COMPLETE", "PRUNED")  # what counts tow
 # MLflow's run statuses, as `MlflowClient.set_terminated` takes them.
 RunStatus = Literal["RUNNING", "FINISHED", "FAILED", "KILLED"]
 Direction = Literal["maximize", "minimize"]
+# The splits a sweep reads, as its MLflow runs record them: trials never see test (export-best scores it once).
+SELECTION_SPLITS = ("train", "val")
 
 
 @dataclass
@@ -59,6 +65,7 @@ class SweepSummary:
     ran_here: int = 0
     rows: list[dict[str, Any]] = field(default_factory=list)
     stop_reason: str | None = None  # set when this worker stopped before the study reached its target
+    timed_out: bool = False  # the stop was --timeout's: planned, so neither the parent run nor the exit code fails
 
 
 @dataclass
@@ -75,6 +82,9 @@ class _Sweep:
     manifest: pd.DataFrame
     cache_since: float  # when this worker began filling the frame cache (time.time())
     resume_trials: bool
+    deadline: float | None = None  # --timeout: no trial starts after this time.perf_counter()
+    timed_out: bool = False  # set when the deadline stopped this worker
+    storage_retry: StorageRetry | None = None  # how long storage calls and the storage lock wait out a lost database
 
     @property
     def metric(self) -> str:
@@ -104,22 +114,30 @@ def finished_count(study: optuna.Study) -> int:
 
 
 def _parent_run(
-    study: optuna.Study, tracking_uri: str | None, space: SearchSpace, storage_label: str, base_cfg: Config
+    study: optuna.Study, tracking_uri: str | None, space: SearchSpace, storage_label: str, base_cfg: Config,
+    manifest: pd.DataFrame,
 ) -> str:
     """The sweep's parent MLflow run: created with the study, reopened (RUNNING again) by a resumed sweep."""
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
+
     from harness.track.mlflow_run import MLflowTracker
+    from harness.track.record import dataset_inputs, source_tags
 
     parent_id = study.user_attrs.get("mlflow_parent_run_id")
     tracker = MLflowTracker(tracking_uri, base_cfg.tracking.experiment, run_id=parent_id)
     if parent_id is None:
+        space_path = Path(space.path).resolve()
+        note = (f"Optuna study `{study.study_name}` over `{space_path.name}`: {space.study.direction} "
+                f"val {space.study.metric}. One child run per trial, trained on train and picked on val.")
         run = tracker.client.create_run(
             tracker.experiment_id,
             run_name=f"sweep-{study.study_name}",
-            tags={"harness.role": "sweep", "harness.study": study.study_name, "harness.storage": storage_label,
-                  "harness.space": str(Path(space.path).resolve())},
+            tags={**source_tags(), MLFLOW_RUN_NOTE: note, "harness.role": "sweep", "harness.study": study.study_name,
+                  "harness.storage": storage_label, "harness.space": str(space_path)},
         )
         tracker.run_id = run.info.run_id
         tracker.log_params({f"fixed.{k}": v for k, v in flatten(base_cfg).items()})
+        tracker.client.log_inputs(tracker.run_id, dataset_inputs(manifest, base_cfg.data, SELECTION_SPLITS))
         study.set_user_attr("mlflow_parent_run_id", tracker.run_id)
     else:
         tracker.client.update_run(parent_id, status="RUNNING")
@@ -184,9 +202,11 @@ def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:  # noqa
     raise KeyboardInterrupt
 
 
-def _check_arguments(trials: int, heartbeat_interval: int, grace_period: int) -> None:
+def _check_arguments(trials: int, heartbeat_interval: int, grace_period: int, timeout: float | None) -> None:
     if trials < 1:
         raise StudyError(f"--trials must be >= 1, but got {trials}")
+    if timeout is not None and timeout <= 0:
+        raise StudyError(f"--timeout must be > 0 seconds, but got {timeout}")
     if heartbeat_interval < 0 or (heartbeat_interval and grace_period <= heartbeat_interval):
         raise StudyError(f"--grace-period must exceed --heartbeat, but got {grace_period} <= {heartbeat_interval}")
 
@@ -205,33 +225,123 @@ def _prepare_data(space: SearchSpace, progress: bool) -> tuple[Config, pd.DataFr
     return base_cfg, manifest, cache_since
 
 
+def _may_hold_study(storage_uri: str) -> bool:
+    """Whether the storage can hold a study already: a database server, or a journal or SQLite file that exists."""
+    from harness.sweep.storage import check_storage, journal_path
+
+    kind = check_storage(storage_uri)
+    if kind == "postgresql":
+        return True
+    if kind == "journal":
+        return journal_path(storage_uri).is_file()
+    from sqlalchemy.engine import make_url
+
+    database = make_url(storage_uri).database
+    return database not in (None, "", ":memory:") and Path(database).is_file()
+
+
+def check_resumed_space(
+    space: SearchSpace, study_name: str | None = None, storage: str | None = None, allow_space_change: bool = False
+) -> list[str]:
+    """Before any data is prepared: refuse (StudyError) to resume a study with a search space other than its own.
+
+    Returns the lines to print when it goes on anyway (see `space_identity.check_space`). A study that
+    does not exist yet is left to `_create_study`, and nothing is created or written for it here.
+    """
+    import optuna
+
+    from harness.sweep.space_identity import check_space
+    from harness.sweep.storage import DEFAULT_STORAGE, open_storage, storage_lock
+
+    storage_uri = storage or DEFAULT_STORAGE
+    if not _may_hold_study(storage_uri):
+        return []
+    # Under the lock: a worker creating the study records its space in the same hold, and two workers
+    # letting a change through must not both append to its history.
+    with storage_lock(storage_uri):
+        try:
+            study = optuna.load_study(study_name=study_name or space.path.stem, storage=open_storage(storage_uri))
+        except KeyError:  # no such study in this storage
+            return []
+        return check_space(study, space, allow_space_change)
+
+
+def _drop_waiting(study: optuna.Study, reason: str) -> None:
+    """Fail the WAITING trials (a dead worker's retry, an enqueued config) of a study that needs no more,
+    so a finished sweep leaves no trial waiting for a worker that will never come."""
+    from optuna.trial import TrialState
+
+    from harness.sweep import optuna_access
+
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        optuna_access.fail_trial(study, trial, reason)
+
+
+def _worker_seed(seed: int | None, study: optuna.Study) -> int | None:
+    """A sampler seed of this worker's own where the space fixes one and the study is shared or resumed.
+
+    Samplers that start from the same seed draw the same random trials: two workers did (a restarted
+    PostgreSQL sweep ran trials 2/3, 4/6 and 5/7 with identical params), and so would a resumed sweep
+    repeat its first draws. A fresh study's first worker keeps the space's seed, so a single-worker sweep
+    stays reproducible; a --gpus worker offsets it by its index, a resumed study by its trial count and a
+    worker joining trials running elsewhere by its pid. None: keep the sampler as built.
+    """
+    if seed is None:
+        return None
+    from optuna.trial import TrialState
+
+    from harness.sweep.workers import WORKER_INDEX_ENV
+
+    index = int(os.environ.get(WORKER_INDEX_ENV, "0"))
+    trials = study.get_trials(deepcopy=False)
+    joining = any(t.state == TrialState.RUNNING for t in trials)
+    if not index and not trials:
+        return None
+    return (int(seed) + 1_000_003 * index + 104_729 * len(trials) + (7919 * os.getpid() if joining else 0)) % 2**32
+
+
 def _create_study(
-    space: SearchSpace, study_name: str, storage_uri: str, heartbeat_interval: int, grace_period: int
+    space: SearchSpace, study_name: str, storage_uri: str, heartbeat_interval: int, grace_period: int,
+    allow_space_change: bool = False, storage_retry: StorageRetry | None = None,
 ) -> optuna.Study:
-    """Create the study, or load it when it exists; a new one gets the space's enqueued trials.
+    """Create the study, or load it when it exists; a new one gets the space's enqueued trials and its record
+    of the space, a loaded one is checked against that record (`space_identity.check_space`).
 
     Called under the storage lock: two workers opening a fresh database at once would both create
     Optuna's tables, and one would die of a duplicate-key error.
     """
     import optuna
 
-    from harness.sweep.space import build_sampler
+    from harness.sweep.space_identity import check_space, record_space
     from harness.sweep.storage import open_storage
 
     study = optuna.create_study(
         study_name=study_name,
-        storage=open_storage(storage_uri, heartbeat_interval or None, grace_period if heartbeat_interval else None),
-        sampler=build_sampler(space.study.sampler),
+        storage=open_storage(storage_uri, heartbeat_interval or None, grace_period if heartbeat_interval else None,
+                             storage_retry),
+        sampler=space.sampler(),
         pruner=space.pruner(),  # its warm-up counted in validations, whatever train.val_every is
         direction=space.study.direction,
         load_if_exists=True,
     )
+    seed = _worker_seed(space.study.sampler.get("seed"), study)
+    if seed is not None:
+        study.sampler = space.sampler(seed)
     if not study.user_attrs.get("enqueued"):
         for name, params in zip(space.study.enqueue, space.enqueue_params()):
             study.enqueue_trial(params, user_attrs={"enqueued_from": Path(name).name})
         study.set_user_attr("enqueued", True)
         study.set_user_attr("metric", space.study.metric)
+        with warnings.catch_warnings():  # set_metric_names has been "experimental" since Optuna 3.2
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([space.study.metric])  # the objective's name in optuna-dashboard and the optuna CLI
         study.set_user_attr("space_path", str(Path(space.path).resolve()))
+        record_space(study, space)
+    else:
+        # Checked again: `check_resumed_space` may have found no study before the data was prepared, and
+        # another worker may have created it since, from another space.
+        for line in check_space(study, space, allow_space_change):
+            print(line)
     return study
 
 
@@ -240,29 +350,80 @@ def _next_trial(
 ) -> tuple[optuna.Trial | None, str | None]:
     """Under the storage lock: fail dead workers' trials, count, and ask for a trial if the study needs one.
 
-    (None, None) once finished and running trials reach the target; (None, why) at --max-failures.
-    The lock keeps two workers from both seeing N-1 finished trials and both starting one more.
+    (None, None) once finished and running trials reach the target; (None, why) past the --timeout
+    deadline or at --max-failures.
+    The lock keeps two workers from both seeing N-1 finished trials and both starting one more. A
+    database restart ends PostgreSQL's lock mid-hold, and another worker may then count and ask at the
+    same time; so a hold that lost its lock is done again under a new one, where the trial it asked
+    for is kept only if the study still needs it.
     """
-    from harness.sweep.liveness import mark_worker
     from harness.sweep.storage import storage_lock
 
-    with storage_lock(sweep.storage_uri):
-        # Workers on other machines die too; their trials are noticed here, between trials.
-        if _reap(sweep.study):
-            _close_orphan_runs(sweep.client, sweep.parent_run_id, sweep.study)
-        states = [t.state.name for t in sweep.study.get_trials(deepcopy=False)]
-        done = sum(s in FINISHED for s in states)
-        bar.set_done(done)
-        if done + states.count("RUNNING") >= trials:
-            return None, None
-        if states.count("FAIL") >= max_failures:
-            stop_reason = (f"{states.count('FAIL')} failed trials reached --max-failures {max_failures} "
-                           f"with {done} of {trials} finished")
-            print(f"stopping: {stop_reason}")
-            return None, stop_reason
-        trial = _ask(sweep.study)
-        mark_worker(trial)
-        return trial, None
+    asked: optuna.Trial | None = None  # from a hold that lost its lock: not yet known to be needed
+    while True:
+        with storage_lock(sweep.storage_uri, sweep.storage_retry) as hold:
+            trial, stop_reason = _count_and_ask(sweep, bar, trials, max_failures, asked)
+            if hold.held():
+                return trial, stop_reason
+        print("storage lock lost while taking a trial (the database connection dropped); "
+              "counting again under a new lock")
+        asked = trial
+
+
+def _count_and_ask(
+    sweep: _Sweep, bar: TrialBar, trials: int, max_failures: int, asked: optuna.Trial | None
+) -> tuple[optuna.Trial | None, str | None]:
+    """One hold's work for `_next_trial`; `asked` is counted apart: returned if the study needs it, else failed."""
+    from harness.sweep import optuna_access
+
+    # Workers on other machines die too; their trials are noticed here, between trials.
+    if _reap(sweep.study):
+        _close_orphan_runs(sweep.client, sweep.parent_run_id, sweep.study)
+    if asked is not None and optuna_access.reload_trial(sweep.study, asked).state.is_finished():
+        asked = None  # failed by a worker whose hold had lost its lock too, and read it before it was marked
+    states = [t.state.name for t in sweep.study.get_trials(deepcopy=False) if asked is None or t.number != asked.number]
+    done = sum(s in FINISHED for s in states)
+    bar.set_done(done)
+    if done + states.count("RUNNING") >= trials:
+        stop_reason = None  # the target is reached, or will be by the trials running
+        if done >= trials:  # nothing left running that could fail and need them: leftovers never run
+            _drop_waiting(sweep.study, f"not run: the study reached --trials {trials}")
+    elif sweep.deadline is not None and time.perf_counter() >= sweep.deadline:
+        sweep.timed_out = True
+        stop_reason = f"--timeout reached with {done} of {trials} trials finished (rerun the same command to resume)"
+    elif states.count("FAIL") >= max_failures:
+        stop_reason = (f"{states.count('FAIL')} failed trials reached --max-failures {max_failures} "
+                       f"with {done} of {trials} finished")
+        print(f"stopping: {stop_reason}")
+    else:
+        return (asked if asked is not None else _ask_and_mark(sweep.study)), None
+    if asked is not None:
+        _fail_unneeded(sweep.study, asked)
+    return None, stop_reason
+
+
+def _ask_and_mark(study: optuna.Study) -> optuna.Trial:
+    """A new trial marked as this worker's (`liveness.mark_worker`)."""
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    from harness.sweep.liveness import mark_worker
+
+    while True:
+        trial = _ask(study)
+        try:
+            mark_worker(trial)
+            return trial
+        except UpdateFinishedTrialError:
+            # A worker whose hold a database restart had ended took it, unmarked, for dead (and enqueued it again).
+            continue
+
+
+def _fail_unneeded(study: optuna.Study, trial: optuna.Trial) -> None:
+    from optuna.trial import TrialState
+
+    trial.set_user_attr("fail_reason", "not run: asked for while a database restart had ended the storage lock, "
+                                       "and not needed once counted again")
+    study.tell(trial, state=TrialState.FAIL)
 
 
 def _trial_tracker(sweep: _Sweep, trial: optuna.Trial, params: dict[str, Any], cfg: Config) -> MLflowTracker:
@@ -270,10 +431,12 @@ def _trial_tracker(sweep: _Sweep, trial: optuna.Trial, params: dict[str, Any], c
     from harness.sweep.trial import trial_params_for_mlflow
     from harness.track.mlflow_run import MLflowTracker
 
-    tags = {"optuna.trial": str(trial.number), "optuna.study": sweep.study.study_name,
-            "harness.origin": trial.user_attrs.get("enqueued_from", "sampled")}
+    origin = trial.user_attrs.get("enqueued_from", "sampled")
+    tags = {"optuna.trial": str(trial.number), "optuna.study": sweep.study.study_name, "harness.origin": origin}
     if trial.user_attrs.get("retry_of") is not None:
         tags["harness.retry_of"] = str(trial.user_attrs["retry_of"])
+        origin = f"retry of trial {trial.user_attrs['retry_of']}"
+    values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
     return MLflowTracker(
         sweep.tracking_uri,
         cfg.tracking.experiment,
@@ -281,6 +444,9 @@ def _trial_tracker(sweep: _Sweep, trial: optuna.Trial, params: dict[str, Any], c
         parent_run_id=sweep.parent_run_id,
         tags=tags,
         extra_params=trial_params_for_mlflow(params),
+        description=f"Trial {trial.number} of `{sweep.study.study_name}` ({origin}): {values or 'no sampled params'}",
+        manifest=sweep.manifest[sweep.manifest["split"].isin(SELECTION_SPLITS)],
+        outbox_dir=sweep.sweep_dir / f"trial-{trial.number}",  # the run folder: a failure before training is queued too
     )
 
 
@@ -293,6 +459,8 @@ def _tell(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome, track
         trial.set_user_attr("fail_reason" if outcome.state == "FAIL" else "prune_reason", outcome.reason)
     if tracker.run_id:
         trial.set_user_attr("mlflow_run_id", tracker.run_id)
+        value = "" if outcome.value is None else f" objective {outcome.value:.4f},"
+        tracker.set_tags(tracker.describe(optuna=f"Optuna: **{outcome.state}**,{value} {outcome.reason}"))
     if outcome.state == "COMPLETE":
         study.tell(trial, outcome.value)
     else:
@@ -338,18 +506,22 @@ def _run_one(sweep: _Sweep, trial: optuna.Trial, bar: TrialBar) -> None:
     bar.end_trial(outcome, sweep.study)
 
 
-def _run_trials(sweep: _Sweep, trials: int, max_failures: int, progress: bool) -> tuple[int, str | None]:
-    """Take and run trials until the study holds `trials` finished ones or --max-failures stops this worker.
+def _run_trials(
+    sweep: _Sweep, trials: int, max_failures: int, progress: bool | Literal["lines"]
+) -> tuple[int, str | None]:
+    """Take and run trials until the study holds `trials` finished ones, or --timeout or --max-failures stops them.
 
     Returns how many trials ran here, and why this worker stopped early (None: the target was reached).
     """
     from harness.sweep.report import TrialBar
+    from harness.track.outbox import deliver_pending
 
     ran_here = 0
     previous_sigterm = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
-        with TrialBar(trials, enabled=progress, metric=sweep.metric) as bar:
+        with TrialBar(trials, enabled=bool(progress), metric=sweep.metric, live=progress is True) as bar:
             while True:
+                deliver_pending(sweep.sweep_dir, sweep.tracking_uri)  # what earlier trials queued while MLflow was down
                 trial, stop_reason = _next_trial(sweep, bar, trials, max_failures)
                 if trial is None:
                     return ran_here, stop_reason
@@ -381,53 +553,77 @@ def _close_sweep(sweep: _Sweep, ran_here: int, stop_reason: str | None, wall: fl
     from harness.sweep.report import log_study_artifacts, summarise
 
     summary = summarise(sweep.study, sweep.metric, sweep.base_cfg.train.epochs, sweep.parent_run_id, wall, ran_here)
-    summary.stop_reason = stop_reason
+    summary.stop_reason, summary.timed_out = stop_reason, sweep.timed_out
     log_study_artifacts(sweep.client, sweep.parent_run_id, sweep.study, summary)
     if sweep.base_cfg.data.cache:
         _log_decode_counts(sweep.client, sweep.parent_run_id, sweep.base_cfg.data, sweep.cache_since)
-    status = _parent_status(sweep.study, stop_reason)
+    status = _parent_status(sweep.study, None if sweep.timed_out else stop_reason)
     if status is not None:
         sweep.client.set_terminated(sweep.parent_run_id, status)
     return summary
 
 
 def run_sweep(
-    space_path: Path,
+    space_path: Path | SearchSpace,
     trials: int,
     storage: str | None = None,
     study_name: str | None = None,
     tracking_uri: str | None = None,
     max_failures: int = 10,
-    progress: bool = True,
+    progress: bool | Literal["lines"] = True,
     resume_trials: bool = True,
     heartbeat_interval: int = HEARTBEAT_INTERVAL,
     grace_period: int = GRACE_PERIOD,
+    timeout: float | None = None,
+    allow_space_change: bool = False,
+    storage_retry_seconds: float = STORAGE_RETRY_SECONDS,
 ) -> SweepSummary:
     """Run trials until the study holds `trials` finished ones (counting every worker's), then summarise.
 
-    `resume_trials`: a retried trial (its worker died) continues from the dead trial's `last`
-    checkpoint when this machine has it. `heartbeat_interval` (0: off) and `grace_period` apply to
-    database storages, where they let workers on other machines notice a dead one.
+    `space_path`: a space file, or a space already loaded (with `harness sweep --config/--set` layers).
+    `progress`: a live display, "lines" (one plain line per finished trial, for logs and --gpus
+    workers) or nothing. `resume_trials`: a retried trial (its worker died) continues from the dead
+    trial's `last` checkpoint when this machine has it. `heartbeat_interval` (0: off) and
+    `grace_period` apply to database storages, where they let workers on other machines notice a dead
+    one. `timeout`: seconds after which no new trial starts; the running one finishes.
+    `allow_space_change`: resume the study even if its search space changed (see `space_identity`).
+    `storage_retry_seconds`: how long a database outage may last before this worker gives up (0: at once);
+    storage calls wait it out and go on (see `retrying_storage`).
     """
     import optuna
 
-    from harness.sweep.space import load_space
-    from harness.sweep.storage import DEFAULT_STORAGE, storage_lock
-    from harness.track.mlflow_run import mask_uri, open_client
+    from harness.sweep.retry import StorageRetry
+    from harness.sweep.space import SearchSpace, load_space
+    from harness.sweep.storage import DEFAULT_STORAGE, check_storage, storage_lock
+    from harness.track.mlflow_run import mask_uri, open_client, resolve_tracking_uri
+    from harness.track.outbox import BufferedClient, deliver_pending
 
-    _check_arguments(trials, heartbeat_interval, grace_period)
-    space = load_space(Path(space_path))
+    _check_arguments(trials, heartbeat_interval, grace_period, timeout)
+    if not storage_retry_seconds >= 0:  # `not >=` refuses nan too
+        raise StudyError(f"--storage-retry-seconds must be >= 0, but got {storage_retry_seconds}")
+    storage_retry = StorageRetry(storage_retry_seconds)
+    space = space_path if isinstance(space_path, SearchSpace) else load_space(Path(space_path))
     storage_uri = storage or DEFAULT_STORAGE
+    check_storage(storage_uri)  # a refused URL stops here, before any data is indexed or cached
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # A changed space stops a resumed study here too, before the data is indexed or cached.
+    for line in check_resumed_space(space, study_name, storage_uri, allow_space_change):
+        print(line)
     started = time.perf_counter()
-    base_cfg, manifest, cache_since = _prepare_data(space, progress)
+    base_cfg, manifest, cache_since = _prepare_data(space, progress is True)
 
-    with storage_lock(storage_uri):
-        study = _create_study(space, study_name or Path(space_path).stem, storage_uri, heartbeat_interval, grace_period)
+    with storage_lock(storage_uri, storage_retry):
+        study = _create_study(space, study_name or space.path.stem, storage_uri, heartbeat_interval, grace_period,
+                              allow_space_change, storage_retry)
         reaped = _reap(study)
-        parent_run_id = _parent_run(study, tracking_uri, space, mask_uri(storage_uri), base_cfg)
+        parent_run_id = _parent_run(study, tracking_uri, space, mask_uri(storage_uri), base_cfg, manifest)
     sweep = _Sweep(space, study, storage_uri, tracking_uri, open_client(tracking_uri), parent_run_id, base_cfg,
-                   manifest, cache_since, resume_trials)
+                   manifest, cache_since, resume_trials, None if timeout is None else started + timeout,
+                   storage_retry=storage_retry)
+    # The parent run's closing writes wait in the sweep's folder, as a trial's do in its own, if MLflow is down then.
+    sweep.client = BufferedClient(sweep.client, resolve_tracking_uri(tracking_uri), sweep.sweep_dir)
+    # Writes a trial queued while MLflow was down go out first, so no run that finished looks cut off below.
+    deliver_pending(sweep.sweep_dir, tracking_uri)
     closed = _close_orphan_runs(sweep.client, parent_run_id, study)
     if reaped or closed:
         print(f"resumed: failed {len(reaped)} dead trial(s) {reaped} (each retried once) and closed {closed} "

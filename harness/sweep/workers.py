@@ -2,7 +2,9 @@
 
 Each worker is the same `harness sweep` command (without --gpus) with `CUDA_VISIBLE_DEVICES` set
 to its GPU, so `train.device: auto` picks that GPU as cuda:0. The workers coordinate through the
-study's storage exactly as separately started workers do; this only saves typing N commands.
+study's storage exactly as separately started workers do; this only saves typing N commands. Each
+prints one plain line per finished trial (`--plain`; a live display cannot be relayed), which shows
+here as it comes, prefixed `[gpu N]`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ from typing import IO, NamedTuple
 from harness.errors import HarnessError
 
 __all__ = ["parse_gpus", "launch_per_gpu", "Worker", "run_workers", "combined_exit_code"]
+
+# Each --gpus worker's position among the workers started together: it gives the worker a sampler seed
+# of its own (study._worker_seed).
+WORKER_INDEX_ENV = "HARNESS_WORKER_INDEX"
 
 _WAIT_AFTER_INTERRUPT = 120  # seconds a worker gets to record its trial as interrupted
 
@@ -36,10 +42,13 @@ class Worker(NamedTuple):
     env: Mapping[str, str]
 
 
-def _relay(stream: IO[str], prefix: str) -> None:
+def _relay(stream: IO[str], prefix: str, lock: threading.Lock) -> None:
+    """Copy a worker's output here as it comes, each line whole and prefixed (the lock keeps workers' lines apart)."""
     for line in stream:
-        sys.stdout.write(f"{prefix} {line}")
-        sys.stdout.flush()
+        text = line.rstrip("\n")  # the last line may come without one
+        with lock:
+            sys.stdout.write(f"{prefix} {text}\n")
+            sys.stdout.flush()
 
 
 def combined_exit_code(codes: Sequence[int]) -> int:
@@ -56,13 +65,14 @@ def run_workers(workers: Sequence[Worker]) -> int:
     """Start every worker's process, relay their output line by line, and return `combined_exit_code`."""
     procs: list[subprocess.Popen] = []
     relays: list[threading.Thread] = []
+    lock = threading.Lock()
     for worker in workers:
         proc = subprocess.Popen(
             list(worker.command), env=dict(worker.env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             bufsize=1,
         )
         procs.append(proc)
-        relay = threading.Thread(target=_relay, args=(proc.stdout, f"[{worker.label}]"), daemon=True)
+        relay = threading.Thread(target=_relay, args=(proc.stdout, f"[{worker.label}]", lock), daemon=True)
         relay.start()
         relays.append(relay)
     try:
@@ -92,6 +102,6 @@ def launch_per_gpu(gpus: Sequence[str], argv: Sequence[str]) -> int:
     print(f"starting {len(gpus)} sweep workers, one per GPU ({', '.join(gpus)})")
     return run_workers([
         Worker(f"gpu {gpu}", [sys.executable, "-m", "harness", *argv],
-               {**os.environ, "CUDA_VISIBLE_DEVICES": gpu, "PYTHONUNBUFFERED": "1"})
-        for gpu in gpus
+               {**os.environ, "CUDA_VISIBLE_DEVICES": gpu, "PYTHONUNBUFFERED": "1", WORKER_INDEX_ENV: str(index)})
+        for index, gpu in enumerate(gpus)
     ])
