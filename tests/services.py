@@ -26,7 +26,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-__all__ = ["postgres_url", "fresh_postgres_db", "fresh_database", "drop_database", "mlflow_server"]
+__all__ = ["postgres_url", "fresh_postgres_db", "fresh_database", "drop_database", "mlflow_server", "start_mlflow_server"]
 
 POSTGRES_URL_VARIABLE = "HARNESS_TEST_POSTGRES_URL"
 
@@ -85,9 +85,25 @@ def mlflow_server(backend_uri: str, artifacts_dir: Path, timeout: float = 90) ->
     Artifacts are proxied by the server (`mlflow-artifacts:/`) into `artifacts_dir`, so
     clients need no shared filesystem. The server log is `artifacts_dir/../mlflow-server-<port>.log`.
     """
+    process, url = start_mlflow_server(backend_uri, artifacts_dir, timeout=timeout)
+    try:
+        yield url
+    finally:
+        _stop_process_group(process)
+
+
+def start_mlflow_server(
+    backend_uri: str, artifacts_dir: Path, port: int | None = None, timeout: float = 90
+) -> tuple[subprocess.Popen, str]:
+    """`mlflow_server` without the context: the healthy server's process (the leader of its own process group,
+    for a test that kills it as a crash would: `os.killpg(process.pid, SIGKILL)`) and its URL.
+
+    `port`: a fixed one, to start a server again where its clients look for it; default a free one. The log is
+    appended to, so a restarted server's lines follow the first one's.
+    """
     artifacts_dir = Path(artifacts_dir)
     artifacts_dir.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = port or _free_port()
     log_path = artifacts_dir.parent / f"mlflow-server-{port}.log"
     url = f"http://127.0.0.1:{port}"
     command = [
@@ -102,14 +118,15 @@ def mlflow_server(backend_uri: str, artifacts_dir: Path, timeout: float = 90) ->
     # MLflow 3 otherwise starts a job runner and seven huey consumers (~700 MB, for GenAI
     # jobs the harness never submits), which crowd a 2-core machine running sweep workers.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with open(log_path, "wb") as log:
+    with open(log_path, "ab") as log:
         # Own session: the CLI forks uvicorn, and killing the group stops them all.
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         _wait_until_healthy(process, url, timeout, log_path)
-        yield url
-    finally:
+    except BaseException:
         _stop_process_group(process)
+        raise
+    return process, url
 
 
 def _free_port() -> int:

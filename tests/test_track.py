@@ -67,3 +67,12 @@ def test_an_interrupt_closes_the_run_as_killed(store_uri: str) -> None:
     other = MLflowTracker(store_uri, "failures")
     other.record_failure(_raise(RuntimeError("CUDA out of memory")), "oom: CUDA out of memory")
     assert other.client.get_run(other.run_id).data.tags["harness.reason"] == "oom: CUDA out of memory"
+
+
+def test_a_failed_run_says_why_in_its_description(store_uri: str) -> None:
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
+
+    tracker = MLflowTracker(store_uri, "failures", description="Trial 5 of `demo` (sampled): optim.lr=0.01")
+    tracker.record_failure(_raise(RuntimeError("CUDA out of memory")), "oom: CUDA out of memory")
+    note = tracker.client.get_run(tracker.run_id).data.tags[MLFLOW_RUN_NOTE]
+    assert note == "Trial 5 of `demo` (sampled): optim.lr=0.01\n\n**failed**: oom: CUDA out of memory"

@@ -84,9 +84,18 @@ def load_arms(config_paths: Sequence[Path], overlays: Sequence[Path] = (), overr
 def find_finished_run(client: Any, experiment_id: str, cfg_hash: str, seed: int) -> Any | None:
     """The newest FINISHED compare run with this config hash, seed and code identity that has test metrics, or None.
 
-    A run of another harness commit or torch version is not reused: either may change the numbers.
+    A run of another harness commit or torch version is not reused: either may change the numbers. Nor is one
+    made in another commit of the working folder's checkout (tag mlflow.source.git.commit), where the configs
+    and any code beside them live; outside a checkout that tag is absent and not asked for.
     """
-    code = " and ".join(f"tags.`{k}` = '{v}'" for k, v in code_identity().items())
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
+
+    from harness.track.record import git_commit
+
+    identity = dict(code_identity())
+    if (commit := git_commit(Path.cwd())) is not None:
+        identity[MLFLOW_GIT_COMMIT] = commit
+    code = " and ".join(f"tags.`{k}` = '{v}'" for k, v in identity.items())
     runs = client.search_runs(
         [experiment_id],
         f"tags.`harness.config_hash` = '{cfg_hash}' and tags.`harness.seed` = '{seed}' and {code} "
@@ -142,7 +151,9 @@ def parent_run(client: Any, experiment_id: str, name: str, out: Path, settings: 
         run_id = runs[0].info.run_id
         client.update_run(run_id, status="RUNNING")
     else:
-        tags = {"harness.role": ROLE_PARENT, "harness.compare": name, "harness.compare_out": out_key}
+        from harness.track.record import source_tags
+
+        tags = {**source_tags(), "harness.role": ROLE_PARENT, "harness.compare": name, "harness.compare_out": out_key}
         run_id = client.create_run(experiment_id, run_name=f"compare-{name}", tags=tags).info.run_id
     # Tags, not params: a rerun with other seeds or overrides may overwrite them, params may not change.
     for key, value in settings.items():
@@ -239,7 +250,7 @@ def run_arms(
                           "harness.arm": arm.name, "harness.compare": compare_name, **code_identity()},
                     extra_params={"compare.arm": arm.name, "compare.kind": arm.kind,
                                   "compare.recommendation": arm.recommendation or ""},
-                    log_checkpoint=False, terminate=False,
+                    log_checkpoint=False, terminate=False, manifest=manifests[data_key],
                 )
                 run_dir = run_root / f"{slug(arm.name)}-{cfg_hash}-seed{seed}"
                 try:

@@ -2,6 +2,8 @@
 
 With `--evaluate`, also the one look at the test split a sweep takes: trials score validation only
 (model selection must not see test), so the chosen trial's best checkpoint is scored here, once.
+With `--log-model` / `--register NAME`, that checkpoint also becomes an MLflow model in the trial's own run,
+and a new version of a registered model.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ if TYPE_CHECKING:
     import pandas as pd
     import torch
 
+    from harness.track.model_log import LoggedDetector, RegisteredVersion
     from harness.train.precision import Precision
 
-__all__ = ["BestCheckpoint", "TestScore", "export_best", "locate_best_checkpoint", "score_on_test", "evaluate_best"]
+__all__ = ["BestCheckpoint", "TestScore", "export_best", "locate_best_checkpoint", "score_on_test", "evaluate_best",
+           "log_best_model"]
 
 
 @dataclass(frozen=True)
@@ -68,11 +72,14 @@ def _load_study(study_name: str, storage: str | None) -> tuple[Any, str]:
     return study, storage
 
 
-def export_best(study_name: str, out: Path, storage: str | None = None) -> tuple[Path, int, float]:
+def export_best(
+    study_name: str, out: Path, storage: str | None = None, model_uri: str | None = None
+) -> tuple[Path, int, float]:
     """Write the best completed trial's resolved config (every key, commented) to `out`.
 
     Each trial keeps its resolved config as a user attribute, so this needs neither the space
-    file nor the base configs it was built from.
+    file nor the base configs it was built from. The header names the trial's MLflow run and,
+    when `log_best_model` logged it, `model_uri`.
     """
     from harness.track.mlflow_run import mask_uri
 
@@ -86,6 +93,8 @@ def export_best(study_name: str, out: Path, storage: str | None = None) -> tuple
             f"trial {best.number}: {metric} = {best.value:.4f} (validation, best epoch)",
             f"origin: {best.user_attrs.get('enqueued_from', 'sampled')}; sampled values: "
             + ", ".join(f"{k}={v}" for k, v in best.params.items()),
+            f"MLflow run: {best.user_attrs.get('mlflow_run_id', 'none recorded')}; model: "
+            + (model_uri or "not logged (export-best --log-model or --register NAME logs it)"),
             f"exported {time.strftime('%Y-%m-%d %H:%M:%S')}; train it with: harness train --config {Path(out).name}",
         ]
     )
@@ -93,10 +102,13 @@ def export_best(study_name: str, out: Path, storage: str | None = None) -> tuple
     return Path(out), best.number, float(best.value)
 
 
-def locate_best_checkpoint(study_name: str, storage: str | None = None, tracking_uri: str | None = None) -> BestCheckpoint:
+def locate_best_checkpoint(
+    study_name: str, storage: str | None = None, tracking_uri: str | None = None, purpose: str = "score the test split"
+) -> BestCheckpoint:
     """The best trial's `best.pt`, found through its MLflow run (whose `run_dir` tag the tracker set).
 
-    Checked before anything is written, so a missing checkpoint stops `export-best --evaluate` at once.
+    Checked before anything is written, so a missing checkpoint stops `export-best --evaluate` (or
+    `--log-model`) at once; `purpose` completes the error message "... must exist to <purpose>".
     """
     from harness.track.mlflow_run import mask_uri, open_client, resolve_tracking_uri
 
@@ -105,7 +117,7 @@ def locate_best_checkpoint(study_name: str, storage: str | None = None, tracking
     where = f"study {study_name!r} trial {best.number}"
     run_id = best.user_attrs.get("mlflow_run_id")
     if run_id is None:
-        raise StudyError(f"{where} must record its MLflow run (user attr mlflow_run_id) to be scored, but it has none")
+        raise StudyError(f"{where} must record its MLflow run (user attr mlflow_run_id) to {purpose}, but it has none")
     try:
         run = open_client(tracking_uri).get_run(run_id)
     except Exception:  # MLflow raises its own error types per store; any of them means "not here"
@@ -117,7 +129,7 @@ def locate_best_checkpoint(study_name: str, storage: str | None = None, tracking
     path = Path(run_dir) / "best.pt" if run_dir else None
     if path is None or not path.is_file():
         raise StudyError(
-            f"{where}'s best checkpoint must exist to score the test split, but got no file {path or 'best.pt'} "
+            f"{where}'s best checkpoint must exist to {purpose}, but got no file {path or 'best.pt'} "
             f"(MLflow run {run_id}, tag run_dir={run_dir!r})"
         )
     cfg = config_from_dict(best.user_attrs["config"], source=where)
@@ -183,3 +195,20 @@ def evaluate_best(target: BestCheckpoint, tracking_uri: str | None = None) -> Te
         with tempfile.TemporaryDirectory() as tmp:
             tracker.log_artifact(plot_roc(videos, Path(tmp) / "roc.png"))
     return TestScore(target, epoch, precision, metrics)
+
+
+def log_best_model(
+    target: BestCheckpoint, tracking_uri: str | None = None, register_as: str | None = None
+) -> tuple[LoggedDetector, RegisteredVersion | None]:
+    """Log the best checkpoint as the MLflow model `model` of the trial's own run; register it if asked.
+
+    Logged again on every call (the same weights: a completed trial's best.pt no longer changes), so each
+    `--register` adds a version whose files are there whatever an earlier call left.
+    """
+    from harness.track.model_log import log_detector, register_detector
+
+    logged = log_detector(target.path, target.run_id, tracking_uri)
+    if register_as is None:
+        return logged, None
+    tags = {"harness.study": target.study_name, "harness.trial": target.trial_number}
+    return logged, register_detector(logged, register_as, tracking_uri, tags)

@@ -23,12 +23,15 @@ __all__ = ["TrialBar", "summarise", "log_study_artifacts", "print_summary"]
 class TrialBar:
     """A rich progress bar over the target trial count: trial n, origin, epoch, the study's metric, its best so far.
 
-    `metric` only labels the values; which one is best the study decides by its direction.
+    `metric` only labels the values; which one is best the study decides by its direction. `live: False`
+    keeps the line per finished trial and drops the bar, for logs and the --gpus workers, whose output
+    is relayed line by line.
     """
 
-    def __init__(self, total: int, enabled: bool = True, metric: str = "value") -> None:
+    def __init__(self, total: int, enabled: bool = True, metric: str = "value", live: bool = True) -> None:
         self.total = total
         self.enabled = enabled
+        self.live = live
         self.metric = metric
         self.state: dict[str, Any] = {}
         self.best: float | None = None
@@ -43,7 +46,7 @@ class TrialBar:
 
         self.progress = Progress(
             TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("{task.description}"), disable=not self.enabled,
+            TextColumn("{task.description}"), disable=not (self.enabled and self.live),
         )
         self.progress.__enter__()
         self.task = self.progress.add_task("", total=self.total)
@@ -78,11 +81,13 @@ class TrialBar:
         self.best = _best_value(study)  # every worker's trials count, compared by the study's direction
         if self.enabled:
             value = "" if outcome.value is None else f"{self.metric} {outcome.value:.4f} "
-            self.progress.console.print(
-                f"trial {self.state['trial']:>3} ({self.state['origin']}): {outcome.state.lower():<8} "
-                f"{value}after {outcome.epochs_run} epochs"
-                f"{'' if outcome.state == 'COMPLETE' else ' - ' + outcome.reason}"
-            )
+            line = (f"trial {self.state['trial']:>3} ({self.state['origin']}): {outcome.state.lower():<8} "
+                    f"{value}after {outcome.epochs_run} epochs"
+                    f"{'' if outcome.state == 'COMPLETE' else ' - ' + outcome.reason}")
+            if self.live:
+                self.progress.console.print(line)
+            else:  # one unwrapped line, flushed at once, whatever the console width
+                print(line, flush=True)
         self.set_done(finished_count(study))
 
     def _render(self) -> None:
@@ -157,6 +162,8 @@ def log_study_artifacts(client: MlflowClient, parent_run_id: str, study: optuna.
     """Trials CSV and Optuna's plots (history, importances, parallel coordinates) on the parent run."""
     import optuna.visualization as vis
 
+    from harness.track.plots import save_html
+
     with tempfile.TemporaryDirectory() as tmp:
         csv = Path(tmp) / "trials.csv"
         study.trials_dataframe().to_csv(csv, index=False)
@@ -174,9 +181,7 @@ def log_study_artifacts(client: MlflowClient, parent_run_id: str, study: optuna.
                     fig = plot(study)
             except (ValueError, RuntimeError, ZeroDivisionError):
                 continue  # e.g. importances need two completed trials with differing params
-            path = Path(tmp) / name
-            fig.write_html(str(path), include_plotlyjs="cdn")
-            client.log_artifact(parent_run_id, str(path), "study")
+            client.log_artifact(parent_run_id, str(save_html(fig, Path(tmp) / name)), "study")
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)

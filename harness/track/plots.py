@@ -1,4 +1,4 @@
-"""Figures people would rather look at than read: training curves and ROC curves, as PNG."""
+"""Figures people would rather look at than read: training curves and ROC curves as PNG, plotly figures as HTML."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["headless_pyplot", "save_figure", "plot_curves", "plot_roc"]
+__all__ = ["headless_pyplot", "save_figure", "save_html", "plot_curves", "plot_roc"]
 
 
 def headless_pyplot():
@@ -26,6 +26,17 @@ def save_figure(fig, path: Path) -> Path:
     path = Path(path)
     fig.savefig(path, dpi=110)
     headless_pyplot().close(fig)
+    return path
+
+
+def save_html(fig, path: Path) -> Path:
+    """Write a plotly figure as a page that opens offline: plotly.js (~4.8 MB) is inside the file.
+
+    A page that loads plotly.js from its CDN shows nothing on a machine without internet access, which is
+    where the MLflow UI of a training cluster often runs.
+    """
+    path = Path(path)
+    fig.write_html(str(path), include_plotlyjs=True)
     return path
 
 
