@@ -15,6 +15,7 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 from harness.sweep.liveness import GRACE_PERIOD, HEARTBEAT_INTERVAL
+from harness.sweep.retry import STORAGE_RETRY_SECONDS
 
 __all__ = ["main"]
 
@@ -198,7 +199,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.no_track:
         from harness.track.mlflow_run import MLflowTracker
 
-        tracker = MLflowTracker(args.tracking_uri, cfg.tracking.experiment, run_name=run_dir.name, run_id=run_id)
+        tracker = MLflowTracker(args.tracking_uri, cfg.tracking.experiment, run_name=run_dir.name, run_id=run_id,
+                                manifest=manifest)
     try:
         result = fit(cfg, tracker or Callback(), run_dir=run_dir, resume=resume_ckpt, manifest=manifest,
                      progress=not args.quiet)
@@ -232,7 +234,21 @@ def _print_train_summary(result, run_id: str | None) -> None:
 
 # --- sweep -----------------------------------------------------------------------------------
 def _sweep_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--space", type=Path, required=True, help="search-space YAML (see search_spaces/)")
+    p.add_argument("--space", type=Path, default=None,
+                   help="search-space YAML (see search_spaces/); required, except with --status")
+    p.add_argument(
+        "--config", action="append", type=Path, default=[], metavar="YAML",
+        help="config overlay for every trial, layered over the space's base and overlays (repeatable; later files "
+             "win); the space's `fixed` keys and each trial's params still win over it",
+    )
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+        help="dotted override for every trial, after the --config files, e.g. --set data.num_workers=4 "
+             "(repeatable); precedence, lowest first: base, overlays, --config, --set, fixed, params",
+    )
+    p.add_argument("--timeout", type=_seconds_arg, default=None, metavar="SECONDS",
+                   help="start no new trial after this wall time (the running trial finishes; the summary says so; "
+                        "exit 0); rerunning resumes the study")
     p.add_argument("--trials", type=int, default=40,
                    help="target total of finished (complete or pruned) trials in the study; rerunning resumes "
                         "and runs only the missing ones (default 40)")
@@ -243,6 +259,10 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study-name", default=None, help="default: the space file's name without .yaml")
     p.add_argument("--max-failures", type=int, default=10,
                    help="stop (exit 1) when the study holds this many failed trials (default 10)")
+    p.add_argument("--allow-space-change", action="store_true",
+                   help="resume the study even though its search space (params, fixed keys, base config values, "
+                        "metric, pruner) differs from the one it was created with; without it such a rerun exits 2 "
+                        "naming the differences. The change is recorded in the study's user attr space_history")
     p.add_argument("--resume-trials", action=argparse.BooleanOptionalAction, default=True,
                    help="a dead worker's trial is retried once; the retry continues from that trial's `last` "
                         "checkpoint when this machine has it (default on; --no-resume-trials starts it over)")
@@ -252,6 +272,10 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grace-period", type=int, default=GRACE_PERIOD, metavar="SECONDS",
                    help=f"database storages: a trial without a beat for this long is failed and retried "
                         f"(default {GRACE_PERIOD})")
+    p.add_argument("--storage-retry-seconds", type=float, default=STORAGE_RETRY_SECONDS, metavar="SECONDS",
+                   help=f"database storages: when the database goes away (a restart), each worker waits for it, "
+                        f"retrying its storage calls with back-off, for up to this long per outage before it gives "
+                        f"up (default {STORAGE_RETRY_SECONDS:.0f}; 0 gives up at once)")
     p.add_argument("--gpus", default=None, metavar="LIST",
                    help="start one worker per GPU on this machine, e.g. --gpus 0,1 (each sees only its GPU through "
                         "CUDA_VISIBLE_DEVICES; they share the storage); their output is prefixed [gpu N]")
@@ -259,31 +283,87 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
                    help="time a few training and validation steps of the first trial's config on this machine and "
                         "print the sweep's predicted wall time (unpruned, and pruned as on the demo sweep), per worker "
                         "and for --gpus; runs no trial and writes nothing to the study")
+    p.add_argument("--status", action="store_true",
+                   help="print a one-screen summary of the study in --storage (trials by state, best, failures, running "
+                        "workers, MLflow parent run) and exit; starts and writes nothing; the study is --study-name "
+                        "or the --space file's name")
     _add_tracking_args(p)
-    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument("--quiet", action="store_true", help="no progress display and no line per trial")
+    p.add_argument("--plain", action="store_true",
+                   help="one plain line per finished trial instead of the live progress display (for log files; "
+                        "what --gpus workers print)")
+
+
+def _seconds_arg(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = None
+    if seconds is None or not seconds > 0:  # `not >` refuses nan too
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, but got {text!r}")
+    return seconds
 
 
 def _worker_argv(args: argparse.Namespace) -> list[str]:
-    """The same sweep for one worker of --gpus: every option but --gpus, and no progress display."""
+    """The same sweep for one worker of --gpus: every option but --gpus, one plain line per trial (or --quiet)."""
     argv = ["sweep", "--space", str(args.space), "--trials", str(args.trials), "--max-failures", str(args.max_failures),
-            "--heartbeat", str(args.heartbeat), "--grace-period", str(args.grace_period), "--quiet",
-            "--resume-trials" if args.resume_trials else "--no-resume-trials"]
+            "--heartbeat", str(args.heartbeat), "--grace-period", str(args.grace_period),
+            "--storage-retry-seconds", repr(args.storage_retry_seconds),
+            "--quiet" if args.quiet else "--plain", "--resume-trials" if args.resume_trials else "--no-resume-trials"]
     for flag, value in (("--storage", args.storage), ("--study-name", args.study_name), ("--tracking-uri", args.tracking_uri)):
         if value is not None:
             argv += [flag, value]
+    if args.timeout is not None:
+        argv += ["--timeout", repr(args.timeout)]
+    for path in args.config:
+        argv += ["--config", str(path)]
+    for override in args.overrides:
+        argv += ["--set", override]
     return argv
+
+
+def _print_sweep_status(args: argparse.Namespace) -> int:
+    """`harness sweep --status`: the study's summary, read from its storage and MLflow; nothing runs or is written."""
+    import shutil
+
+    from harness.sweep.status import format_status, read_status
+
+    # The space file itself is not read: only its name, which is the sweep's default study name.
+    study_name = args.study_name or (args.space.stem if args.space is not None else None)
+    if study_name is None:
+        raise HarnessError("--status must know the study: pass --study-name NAME or the sweep's --space FILE, "
+                           "but got neither")
+    # A tracking server that is down should cost the status a few seconds, not MLflow's minutes of retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    status = read_status(study_name, args.storage, args.tracking_uri, grace_period=args.grace_period)
+    print(format_status(status, width=max(60, shutil.get_terminal_size((100, 30)).columns)))
+    return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from harness.sweep.report import print_summary
+    from harness.sweep.space import load_space
+    from harness.sweep.storage import check_storage
     from harness.sweep.study import run_sweep
 
+    if args.status:
+        return _print_sweep_status(args)
+    if args.space is None:
+        raise HarnessError("--space must name a search-space YAML (e.g. --space search_spaces/demo.yaml) unless "
+                           "--status is given, but got none")
+    # A bad space, --config, --set or --storage stops here once, before any worker or trial starts.
+    space = load_space(args.space, args.config, args.overrides)
+    check_storage(args.storage)
+    for key in space.shadowed():
+        print(f"note: {key} from --config/--set changes no trial: the space "
+              f"{'fixes' if key in space.fixed else 'searches'} it")
     if args.estimate:
         from harness.sweep.estimate import estimate_sweep, format_estimate
         from harness.sweep.workers import parse_gpus
 
         workers = len(parse_gpus(args.gpus)) if args.gpus else 1
-        estimate, cfg = estimate_sweep(args.space, args.trials, workers)
+        estimate, cfg = estimate_sweep(space, args.trials, workers)
         print(format_estimate(estimate, cfg))
         return 0
 
@@ -291,16 +371,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     # progress display; the summary names the parent run instead.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     if args.gpus is not None:
-        from harness.sweep.space import load_space
+        from harness.sweep.study import check_resumed_space
         from harness.sweep.workers import launch_per_gpu, parse_gpus
 
-        load_space(args.space)  # a bad space stops here once, before any worker starts
+        # Checked (and a change let through recorded) once here, so the workers, which get no
+        # --allow-space-change, find the space they load already recorded.
+        for line in check_resumed_space(space, args.study_name, args.storage, args.allow_space_change):
+            print(line)
         return launch_per_gpu(parse_gpus(args.gpus), _worker_argv(args))
-    summary = run_sweep(args.space, args.trials, args.storage, args.study_name, args.tracking_uri,
-                        args.max_failures, progress=not args.quiet, resume_trials=args.resume_trials,
-                        heartbeat_interval=args.heartbeat, grace_period=args.grace_period)
+    summary = run_sweep(space, args.trials, args.storage, args.study_name, args.tracking_uri,
+                        args.max_failures, progress=False if args.quiet else "lines" if args.plain else True,
+                        resume_trials=args.resume_trials, heartbeat_interval=args.heartbeat,
+                        grace_period=args.grace_period, timeout=args.timeout,
+                        allow_space_change=args.allow_space_change, storage_retry_seconds=args.storage_retry_seconds)
     print_summary(summary)
-    return 1 if summary.stop_reason else 0
+    # A --timeout stop was asked for; a --max-failures stop is a failure.
+    return 1 if summary.stop_reason and not summary.timed_out else 0
 
 
 # --- export-best -----------------------------------------------------------------------------
@@ -311,23 +397,42 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--evaluate", action="store_true",
                    help="then score the best trial's best checkpoint on the test split, once (sweep trials score "
                         "validation only), and log the test_* metrics to that trial's MLflow run")
+    p.add_argument("--log-model", action="store_true",
+                   help="also log the best trial's best checkpoint as an MLflow model (artifact `model` of that "
+                        "trial's run: exported graph, signature, input example), named in the YAML header")
+    p.add_argument("--register", default=None, metavar="NAME",
+                   help="log it as --log-model does and register it in the MLflow Model Registry as a new "
+                        "version of NAME (created on first use)")
     _add_tracking_args(p)
 
 
 def cmd_export_best(args: argparse.Namespace) -> int:
-    from harness.sweep.export import evaluate_best, export_best, locate_best_checkpoint
+    from harness.sweep.export import evaluate_best, export_best, locate_best_checkpoint, log_best_model
 
+    log_model = args.log_model or args.register is not None
+    if args.register is not None:
+        from harness.track.model_log import check_model_name
+
+        check_model_name(args.register)
     # Found first, so a missing checkpoint stops the command before it writes anything; scored before the
     # YAML is written, so test data that cannot be read stops it too.
-    target = locate_best_checkpoint(args.study_name, args.storage, args.tracking_uri) if args.evaluate else None
-    score = evaluate_best(target, args.tracking_uri) if target is not None else None
-    path, number, value = export_best(args.study_name, args.out, args.storage)
+    purpose = "score the test split" if args.evaluate else "log it as an MLflow model"
+    target = (locate_best_checkpoint(args.study_name, args.storage, args.tracking_uri, purpose)
+              if args.evaluate or log_model else None)
+    score = evaluate_best(target, args.tracking_uri) if args.evaluate else None
+    logged, registered = log_best_model(target, args.tracking_uri, args.register) if log_model else (None, None)
+    model_uri = registered.uri if registered else logged.uri if logged else None
+    path, number, value = export_best(args.study_name, args.out, args.storage, model_uri)
     print(f"wrote {path}: trial {number} (validation score {value:.4f}); train it with `harness train --config {path}`")
-    if target is not None:
+    if score is not None:
         shown = ", ".join(f"{name} {score.metrics[f'test_{name}']:.4f}" for name in _TEST_SUMMARY
                           if f"test_{name}" in score.metrics)
         print(f"test split, trial {number}'s best checkpoint (epoch {score.epoch}, {score.precision}): {shown}; "
               f"logged to MLflow run {target.run_id}")
+    if logged is not None:
+        print(f"MLflow model {logged.uri}: trial {number}'s best checkpoint, logged in {logged.seconds:.1f} s")
+    if registered is not None:
+        print(f"registered {registered.name} version {registered.version}: {registered.uri}")
     return 0
 
 
@@ -388,6 +493,97 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- sync ------------------------------------------------------------------------------------
+def _sync_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", nargs="?", type=Path, default=Path("runs"), metavar="FOLDER",
+                   help="where to look: every run folder below it with queued MLflow writes (mlflow_outbox.jsonl); "
+                        "default runs, train.output_dir's default")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI to deliver to (default: each outbox's own server, recorded when its "
+                        "first write was queued; else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from harness.track.outbox import Outbox, deliver_pending, unreachable_reason
+
+    if not args.folder.is_dir():
+        raise HarnessError(f"FOLDER must be a folder of runs (e.g. runs or runs/sweeps/STUDY), but got {str(args.folder)!r} "
+                           f"(no such folder)")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # two links per closed run otherwise
+    deliveries = deliver_pending(args.folder, args.tracking_uri, announce=False)
+    for delivery in deliveries:
+        line = f"{delivery.folder}: delivered {delivery.delivered} queued write(s)"
+        if delivery.rejected:
+            line += f", {delivery.rejected} refused by MLflow (kept in {Outbox(delivery.folder).rejected.name})"
+        if delivery.left:
+            line += f", {delivery.left} left: MLflow unreachable ({unreachable_reason(delivery.error)})"
+        print(line)
+    left = sum(d.left for d in deliveries)
+    if not deliveries:
+        print(f"nothing to deliver: no queued MLflow writes under {args.folder}")
+    elif left:
+        print(f"{left} write(s) still queued; rerun `harness sync` once the tracking server is back")
+    return 1 if left else 0
+
+
+# --- keys ------------------------------------------------------------------------------------
+def _keys_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("section", nargs="?", default="",
+                   help="only the keys under this section or this one key, e.g. optim or train.amp (default: all)")
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from harness.config.keys import default_text, describe_type, field_of, key_problem, known_keys, leaf_keys
+    from harness.errors import ConfigError
+
+    section = args.section
+    if section and not known_keys(section) and key_problem(section) is not None:
+        raise ConfigError(key_problem(section))
+    keys = leaf_keys(section) if not section or known_keys(section) else [section]
+    rows = [(key, describe_type(key), default_text(key), field_of(key).description or "") for key in keys]
+    # Long types and defaults (a list of methods) overflow their column rather than widen it for every row.
+    widths = [max(len(r[0]) for r in rows), min(28, max(len(r[1]) for r in rows)), min(12, max(len(r[2]) for r in rows))]
+    for row in [("key", "type", "default", "description"), *rows]:
+        print("  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[3]]).rstrip())
+    return 0
+
+
+# --- completion ------------------------------------------------------------------------------
+_SHELLS = ("bash", "zsh")
+_SHELL_METAVAR = "{" + ",".join(_SHELLS) + "}"
+
+
+def _completion_args(p: argparse.ArgumentParser) -> None:
+    # Checked in the command, not by argparse `choices`, so a wrong name is one error line and exit 2.
+    p.add_argument("shell", metavar=_SHELL_METAVAR,
+                   help="bash: `eval \"$(harness completion bash)\"` in ~/.bashrc; zsh: `harness completion zsh > "
+                        "~/.zfunc/_harness` with ~/.zfunc in $fpath before compinit")
+
+
+def _add_completion_hints(parser: argparse.ArgumentParser, files: dict[str, str]) -> None:
+    """File names for every option whose value is a path, and the shells for `completion`, in every subcommand."""
+    for action in parser._actions:
+        if action.type is Path:
+            action.complete = files  # read by shtab
+        if action.metavar == _SHELL_METAVAR:
+            action.choices = _SHELLS  # completed, though checked in the command
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _add_completion_hints(sub, files)
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    import shtab
+
+    if args.shell not in _SHELLS:
+        raise HarnessError(f"the shell must be one of {', '.join(_SHELLS)}, but got {args.shell!r}")
+    # Written from the parser itself, so every subcommand and flag is there and none can drift.
+    parser = build_parser()
+    _add_completion_hints(parser, shtab.FILE)
+    print(shtab.complete(parser, shell=args.shell))
+    return 0
+
+
 # --- the table -------------------------------------------------------------------------------
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 COMMANDS: dict[str, Command] = {
@@ -399,7 +595,27 @@ COMMANDS: dict[str, Command] = {
     "export-best": ("write the study's best trial as a complete config YAML", _export_args, cmd_export_best),
     "compare": ("run configs on paired seeds (optionally ablating each recommendation) and test the differences",
                 _compare_args, cmd_compare),
+    "sync": ("deliver MLflow writes queued while the tracking server was unreachable", _sync_args, cmd_sync),
+    "keys": ("list every config key with its type, default and description", _keys_args, cmd_keys),
+    "completion": ("print a bash or zsh completion script for harness", _completion_args, cmd_completion),
 }
+
+
+class _VersionAction(argparse.Action):
+    """`harness --version`: the installed package's version, looked up only when asked (it costs a metadata read)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"harness {version('harness')}")
+        except PackageNotFoundError:
+            print("harness (version unknown: not installed; `pip install -e .` installs it)")
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -410,6 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action=_VersionAction, help="print the installed version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (summary, add_args, _) in COMMANDS.items():
         p = sub.add_parser(name, help=summary, description=summary)

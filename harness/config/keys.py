@@ -7,9 +7,11 @@ searched key and value against the key's type. Both ask here, so the schema is w
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from types import NoneType, UnionType
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
+import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
@@ -24,6 +26,9 @@ __all__ = [
     "default_of",
     "number_type",
     "type_name",
+    "leaf_keys",
+    "describe_type",
+    "default_text",
 ]
 
 
@@ -119,3 +124,48 @@ def type_name(key: str) -> str:
         return getattr(annotation, "__name__", str(annotation))
     return str(annotation).replace("typing.", "")
 
+
+
+def leaf_keys(section: str = "") -> list[str]:
+    """Every leaf key under a section (`""`: the whole config), in schema order."""
+    keys = []
+    for name in known_keys(section):
+        key = f"{section}.{name}" if section else name
+        keys.extend(leaf_keys(key) if known_keys(key) else [key])
+    return keys
+
+
+_BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+
+
+def _readable(annotation: Any, metadata: tuple[Any, ...] = ()) -> str:
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        inner, *more = get_args(annotation)
+        return _readable(inner, (*metadata, *more))
+    if origin in (Union, UnionType):
+        members = [a for a in get_args(annotation) if a is not NoneType]
+        text = " | ".join(_readable(m, metadata) for m in members)
+        return f"{text} or null" if len(members) < len(get_args(annotation)) else text
+    if origin is Literal:
+        return "|".join(str(a) for a in get_args(annotation))
+    if annotation is Path:
+        name = "path"
+    elif origin is None:
+        name = getattr(annotation, "__name__", str(annotation))
+    else:
+        name = str(annotation).replace("typing.", "")
+    bounds = [f"{sign} {getattr(m, attr)}" for m in metadata for attr, sign in _BOUNDS if getattr(m, attr, None) is not None]
+    return " ".join([name, ", ".join(bounds)]) if bounds else name
+
+
+def describe_type(key: str) -> str:
+    """The key's type as a config file's reader needs it: `float > 0`, `mean|attention`, `int > 0 or null`."""
+    info = field_of(key)
+    return _readable(info.annotation, tuple(info.metadata))
+
+
+def default_text(key: str) -> str:
+    """The key's default as a config file would write it: `0.001`, `null`, `[0.2, 0.2]`, `runs`."""
+    value = _adapter(key).dump_python(default_of(key), mode="json")
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()

@@ -20,6 +20,7 @@ import torch
 from harness.config.schema import Config
 
 if TYPE_CHECKING:
+    from harness.sweep.space import SearchSpace
     from harness.train.session import Session
 
 __all__ = ["StepTimes", "SweepEstimate", "optimizer_step", "measure_step_times", "estimate_sweep", "format_estimate", "DEMO_EPOCH_FRACTION"]
@@ -147,12 +148,17 @@ def measure_step_times(cfg: Config, n_steps: int = 5) -> StepTimes:
                      uncached)
 
 
-def estimate_sweep(space_path: Path, trials: int, workers: int = 1, n_steps: int = 5) -> tuple[SweepEstimate, Config]:
-    """Time the first trial's config (the first enqueued one, else the base) and scale it to `trials` trials."""
-    from harness.sweep.space import load_space
+def estimate_sweep(
+    space_path: Path | SearchSpace, trials: int, workers: int = 1, n_steps: int = 5
+) -> tuple[SweepEstimate, Config]:
+    """Time the first trial's config (the first enqueued one, else the base) and scale it to `trials` trials.
+
+    `space_path`: a space file, or a space already loaded (with `harness sweep --config/--set` layers).
+    """
+    from harness.sweep.space import SearchSpace, load_space
     from harness.train.trainer import validation_epochs
 
-    space = load_space(Path(space_path))
+    space = space_path if isinstance(space_path, SearchSpace) else load_space(Path(space_path))
     cfg = space.first_config()
     steps = measure_step_times(cfg, n_steps)
     pruner = str(space.study.pruner.get("type", "median")) if space.study.pruner else "none"

@@ -13,14 +13,14 @@ import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from pydantic import BaseModel
 
-from harness.config.keys import default_of, normalise
-from harness.config.loading import config_from_dict, deep_merge, flatten, read_layers, set_dotted
+from harness.config.keys import default_of, key_problem, leaf_keys, normalise, value_problem
+from harness.config.loading import config_from_dict, deep_merge, flatten, parse_override, read_layers, set_dotted
 from harness.config.schema import Config, metric_problem
 from harness.errors import ConfigError, SpaceError
 from harness.sweep.space_file import (
@@ -35,7 +35,8 @@ from harness.sweep.space_file import (
     same_choice,
 )
 
-__all__ = ["SearchSpace", "Param", "load_space", "build_sampler", "build_pruner", "SAMPLERS", "PRUNERS"]
+__all__ = ["SearchSpace", "Param", "load_space", "command_line_layer", "build_sampler", "build_pruner", "SAMPLERS",
+           "PRUNERS"]
 
 # Above this many end-point combinations the check samples combinations instead of listing them.
 _MAX_COMBINATIONS = 4096
@@ -111,20 +112,36 @@ class SearchSpace:
     fixed: Mapping[str, Any]
     study: StudyFile  # direction, metric, sampler, pruner and the (optional) configs to enqueue
     params: tuple[Param, ...]  # in an order where every condition's params come first
-    layers: Mapping[str, Any] = field(repr=False, default_factory=dict)  # merged base + overlays
+    layers: Mapping[str, Any] = field(repr=False, default_factory=dict)  # merged base + overlays (+ command line)
+    command_line: Mapping[str, Any] = field(default_factory=dict)  # `harness sweep --config/--set` keys, flat
+
+    @property
+    def layer_names(self) -> str:
+        return "base + overlays + --config/--set + fixed" if self.command_line else "base + overlays + fixed"
+
+    def shadowed(self) -> list[str]:
+        """The command-line keys that `fixed` or a param sets anyway, so they change no trial."""
+        searched = {key for p in self.params for key in (*p.keys, *p.otherwise)}
+        return [key for key in self.command_line if key in self.fixed or key in searched]
 
     def base_dict(self) -> dict[str, Any]:
-        """The raw merged mapping of base + overlays + fixed, before any param is applied."""
+        """The raw merged mapping of base + overlays (+ command line) + fixed, before any param is applied."""
         data = copy.deepcopy(dict(self.layers))
         for key, value in self.fixed.items():
             set_dotted(data, key, copy.deepcopy(value))
         return data
 
+    def base_values(self) -> dict[str, Any]:
+        """Every config key's value before any param is applied: `base_dict()`, the schema's default where it is silent."""
+        read = _reader(self.base_dict())
+        return {key: read(key) for key in leaf_keys()}
+
     def distributions(self) -> dict[str, BaseDistribution]:
         return {p.name: p.distribution for p in self.params}
 
     def sampler(self, seed: int | None = None) -> optuna.samplers.BaseSampler:
-        return build_sampler(self.study.sampler, seed)
+        """The study's sampler over this space's params (a grid enumerates their distributions)."""
+        return build_sampler(self.study.sampler, seed, distributions=self.distributions())
 
     def val_every(self) -> int:
         """The study's validation interval in epochs: never searched (`space_file.SCHEDULE_KEYS`), so the base's, or fixed's."""
@@ -148,7 +165,7 @@ class SearchSpace:
         A sweep with no `study.enqueue` prepares its data from this one (`first_config`).
         """
         try:
-            return config_from_dict(self.base_dict(), f"{self.path}: base + overlays + fixed")
+            return config_from_dict(self.base_dict(), f"{self.path}: {self.layer_names}")
         except ConfigError as exc:
             raise SpaceError(exc.problems[0], exc.problems) from None
 
@@ -318,7 +335,7 @@ def _combination_problems(space: SearchSpace) -> list[str]:
     problems = []
     for line, bad in failing.items():
         if len(bad) == len(assignments):
-            problems.append(f"{space.path}: base + overlays + fixed must give a valid config, but: {line}")
+            problems.append(f"{space.path}: {space.layer_names} must give a valid config, but: {line}")
             continue
         common = {n: v for n, v in bad[0].items() if all(n in a and same_choice(a[n], v) for a in bad)}
         culprit = next(
@@ -345,15 +362,61 @@ def _param(name: str, spec: ParamSpec) -> Param:
     return Param(name, spec.distribution(name), spec.config_key(name), spec.bundles(), spec.conditions(), flatten(spec.otherwise))
 
 
-def _search_space(path: Path, file: SpaceFile, layers: Mapping[str, Any]) -> SearchSpace:
+def _search_space(
+    path: Path, file: SpaceFile, layers: Mapping[str, Any], command_line: Mapping[str, Any]
+) -> SearchSpace:
     """The runtime space of a checked file, its params in an order where each condition's params come first."""
     params = tuple(_param(name, file.params[name]) for name in file.ordered_params())
-    return SearchSpace(path, file.base, file.overlays, flatten(file.fixed), file.study, params, layers)
+    return SearchSpace(path, file.base, file.overlays, flatten(file.fixed), file.study, params,
+                       deep_merge(layers, command_line), flatten(command_line))
 
 
-def load_space(path: Path | str) -> SearchSpace:
-    """Read and check a space file; raise SpaceError with every problem, one line each."""
+def _layer_problems(flat: Mapping[str, Any], source: str) -> list[str]:
+    problems = []
+    for key, value in flat.items():
+        why = key_problem(key) or value_problem(key, value)
+        if why is not None:
+            problems.append(f"{source}: {why}")
+    return problems
+
+
+def command_line_layer(configs: Sequence[Path | str] = (), overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """`harness sweep --config FILE --set KEY=VALUE` as one raw mapping (files left to right, then the overrides).
+
+    Every key must be a config key and every value one its key's type accepts; each problem names
+    the file or the `--set` item, and all of them are raised together.
+    """
+    layer: dict[str, Any] = {}
+    problems: list[str] = []
+    for path in configs:
+        try:
+            data = read_layers([path])
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        problems.extend(_layer_problems(flatten(data), str(path)))
+        layer = deep_merge(layer, data)
+    for text in overrides:
+        try:
+            key, value = parse_override(text)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        problems.extend(_layer_problems({key: value}, f"--set {text}"))
+        set_dotted(layer, key, value)
+    if problems:
+        raise ConfigError(problems[0], problems)
+    return layer
+
+
+def load_space(path: Path | str, configs: Sequence[Path | str] = (), overrides: Sequence[str] = ()) -> SearchSpace:
+    """Read and check a space file; raise SpaceError with every problem, one line each.
+
+    `configs` and `overrides` (`harness sweep --config/--set`) are laid over the space's base and
+    overlays, under its `fixed` keys and each trial's params, which still win.
+    """
     path = Path(path)
+    command_line = command_line_layer(configs, overrides)
     file = read_space_file(path)
     try:
         layers = read_layers([*file.base, *file.overlays])
@@ -361,7 +424,7 @@ def load_space(path: Path | str) -> SearchSpace:
         problems = [f"{path}: {line}" for line in exc.problems]
         raise SpaceError(problems[0], problems) from None
 
-    space = _search_space(path, file, layers)
+    space = _search_space(path, file, layers, command_line)
     problems = _combination_problems(space)
     for config in space.study.enqueue:
         try:

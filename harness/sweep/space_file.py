@@ -8,7 +8,7 @@ A space file (paths relative to itself):
     study:
       direction: maximize
       metric: video_auc
-      sampler: {type: tpe, seed: 0}                 # kwargs go to the Optuna class as they are
+      sampler: {type: tpe, seed: 0}                 # tpe, random, gp, cmaes, qmc or grid; kwargs go to Optuna's class
       pruner: {type: median, n_startup_trials: 5, n_warmup_steps: 2}   # warm-up in validations, not epochs
       enqueue: [../baseline.yaml, ../recommended.yaml]                  # optional: the first trials
     params:
@@ -38,6 +38,10 @@ A new kind of param is one more model in `_PARAM_MODELS`, with its `distribution
 
 from __future__ import annotations
 
+import importlib.util
+import math
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from types import MappingProxyType, NoneType
 from typing import Annotated, Any, Callable, Literal, Mapping, Union
@@ -80,8 +84,34 @@ __all__ = [
 ]
 
 SAMPLERS: Mapping[str, type[optuna.samplers.BaseSampler]] = MappingProxyType(
-    {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+    {
+        "tpe": optuna.samplers.TPESampler,
+        "random": optuna.samplers.RandomSampler,
+        "gp": optuna.samplers.GPSampler,
+        "cmaes": optuna.samplers.CmaEsSampler,
+        "qmc": optuna.samplers.QMCSampler,
+        "grid": optuna.samplers.GridSampler,
+    }
 )
+# What a sampler cannot search, Optuna hands to its random fallback with no more than a log line, so
+# `SpaceFile._sampler_problems` refuses such a space (key study.sampler.type):
+# - tpe, random: any space, conditions included.
+# - gp: ranges and categorical params (Optuna 5's GP has a kernel for categories), none conditional.
+# - qmc: ranges and categorical params (each categorical param is one coordinate of the sequence), none conditional.
+# - cmaes: int and float ranges only (CMA-ES has no categories), none conditional; needs the `cmaes` package.
+# - grid: every combination of the params' values, so every param categorical, int, or float with `step`,
+#   none conditional.
+_NO_CONDITIONS: Mapping[str, str] = MappingProxyType(
+    {
+        "gp": "a param missing from some trials drops out of the GP's search space and is sampled at random",
+        "qmc": "QMC takes its search space from the first trial and samples any other param at random",
+        "cmaes": "CMA-ES keeps one search space and samples a param missing from some trials at random",
+        "grid": "the grid holds each param's values, so an inactive param would rerun one trial once per value",
+    }
+)
+# A sweep runs one trial per grid point, tens of them for a video model, and Optuna lists every point in
+# memory: a larger grid is a `step` set too fine.
+_MAX_GRID_POINTS = 10_000
 
 # Hyperband runs several successive-halving brackets side by side and splits the trials among
 # them, so it needs many trials (dozens per bracket) before it prunes sensibly; with the 20-50
@@ -105,15 +135,60 @@ _COUNTS_VALIDATIONS = ("median", "percentile")
 _OPTUNA_SCALARS = (NoneType, bool, int, float, str)
 
 
-def build_sampler(spec: Mapping[str, Any], seed: int | None = None) -> optuna.samplers.BaseSampler:
-    """`{type: tpe, seed: 0, ...}` -> the Optuna sampler; `seed` (e.g. from the CLI) wins over the spec's."""
+def build_sampler(
+    spec: Mapping[str, Any], seed: int | None = None, distributions: Mapping[str, BaseDistribution] | None = None
+) -> optuna.samplers.BaseSampler:
+    """`{type: tpe, seed: 0, ...}` -> the Optuna sampler; `seed` (e.g. from the CLI) wins over the spec's.
+
+    `distributions` (the space's, `SearchSpace.distributions()`) are what `grid` enumerates; the
+    other samplers learn the space from the trials and need none.
+    """
     kwargs = dict(spec)
     kind = kwargs.pop("type", "tpe")
     if kind not in SAMPLERS:
         raise SpaceError(f"sampler `type` must be one of {', '.join(SAMPLERS)}, but got {kind!r}")
     if seed is not None:
         kwargs["seed"] = seed
-    return SAMPLERS[kind](**kwargs)
+    with warnings.catch_warnings():
+        # QMC and some CMA-ES arguments are "experimental" in Optuna 5; a space file names them on purpose.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if kind != "grid":
+            return SAMPLERS[kind](**kwargs)
+        if "search_space" in kwargs:
+            raise TypeError("grid takes no `search_space` argument: its grid is every combination of the params' values")
+        if distributions is None:
+            raise ValueError("a grid is built from the space's params, so `distributions` must be given, but got None")
+        return _SweepGridSampler({name: _grid_values(d) for name, d in distributions.items()}, **kwargs)
+
+
+def _grid_values(distribution: BaseDistribution) -> list[Any]:
+    """Every value a categorical, int, or stepped float distribution holds, low to high."""
+    d = distribution
+    if isinstance(d, CategoricalDistribution):
+        return list(d.choices)
+    if isinstance(d, IntDistribution):
+        return list(range(d.low, d.high + 1, d.step))
+    if isinstance(d, FloatDistribution) and d.step is not None:
+        # Optuna has already moved `high` onto the low + k * step grid; min() keeps rounding from passing it.
+        return [min(d.low + k * d.step, d.high) for k in range(round((d.high - d.low) / d.step) + 1)]
+    raise ValueError(f"a grid needs a finite set of values, so a float range needs `step`, but got {d}")
+
+
+class _SweepGridSampler(optuna.samplers.GridSampler):
+    """Optuna's GridSampler without its `study.stop()` once every grid point has run.
+
+    That call ends `study.optimize`, but from `study.tell` in the sweep's ask/tell loop it raises
+    RuntimeError; the sweep stops at --trials instead (past the grid, Optuna reruns grid points).
+    """
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: optuna.trial.FrozenTrial,
+        state: optuna.trial.TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        return None
 
 
 def build_pruner(spec: Mapping[str, Any] | None, val_every: int = 1) -> optuna.pruners.BasePruner:
@@ -227,7 +302,8 @@ def _factory_spec(registry: Mapping[str, type], build: Callable[[dict[str, Any]]
     return Annotated[dict[str, Any], BeforeValidator(check)]
 
 
-SamplerSpec = _factory_spec(SAMPLERS, build_sampler)
+# Built once with no params, to check the arguments; `SpaceFile._sampler_problems` checks the sampler against them.
+SamplerSpec = _factory_spec(SAMPLERS, lambda spec: build_sampler(spec, distributions={}))
 PrunerSpec = _factory_spec(PRUNERS, build_pruner)
 
 
@@ -492,7 +568,39 @@ class SpaceFile(_FileModel):
             if key in fixed:
                 problems.append((f"params.{names[0]}", f"a key is either searched or fixed, but '{key}' is both"))
         problems.extend(self._condition_problems())
+        problems.extend(self._sampler_problems())
         return problems
+
+    def _sampler_problems(self) -> list[Problem]:
+        """What the study's sampler cannot search in these params (see `SAMPLERS`), one line per reason."""
+        kind = self.study.sampler["type"]
+        problems: list[str] = []
+        if kind == "cmaes" and importlib.util.find_spec("cmaes") is None:
+            problems.append("cmaes needs the `cmaes` package (pip install 'harness[samplers]'), but it is not installed")
+        conditional = [name for name, spec in self.params.items() if spec.when]
+        if kind in _NO_CONDITIONS and conditional:
+            problems.append(
+                f"{kind} needs every param in every trial ({_NO_CONDITIONS[kind]}), but got conditional params "
+                f"(`when`): {', '.join(conditional)}; use tpe, which searches conditions"
+            )
+        categorical = [name for name, spec in self.params.items() if isinstance(spec, (CategoricalParam, BundleParam))]
+        if kind == "cmaes" and categorical:
+            problems.append(
+                f"cmaes searches int and float ranges only (Optuna would sample categorical params at random "
+                f"beside it), but got categorical params: {', '.join(categorical)}; use gp, or set them under `fixed:`"
+            )
+        if kind == "grid":
+            unstepped = [name for name, spec in self.params.items() if isinstance(spec, FloatParam) and spec.step is None]
+            if unstepped:
+                problems.append(
+                    f"grid needs a finite set of values per param (categorical, int, or float with `step`), but got "
+                    f"float params without `step`: {', '.join(unstepped)}"
+                )
+            else:
+                points = math.prod(len(_grid_values(spec.distribution(name))) for name, spec in self.params.items())
+                if points > _MAX_GRID_POINTS:
+                    problems.append(f"grid must hold at most {_MAX_GRID_POINTS} points (a trial each), but got {points}")
+        return [("study.sampler.type", problem) for problem in problems]
 
     def _condition_problems(self) -> list[Problem]:
         problems = []

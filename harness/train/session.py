@@ -12,8 +12,12 @@ import logging
 import math
 import os
 import random
+import re
+import shutil
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,16 +31,78 @@ from harness.train.callbacks import Callback
 from harness.train.early_stopping import EarlyStopping
 from harness.train.precision import Precision, autocast_for, choose_precision
 
-__all__ = ["Session", "build_session", "resolve_device", "seed_everything", "configure_determinism", "reseed_loader",
-           "rng_state", "set_rng_state", "batching_of"]
+__all__ = ["Session", "build_session", "resolve_device", "nvidia_driver", "cpu_fallback_warning", "seed_everything",
+           "configure_determinism", "reseed_loader", "rng_state", "set_rng_state", "batching_of"]
 
 log = logging.getLogger(__name__)
 
+NVIDIA_DRIVER_FILES = (Path("/proc/driver/nvidia/version"),)
+
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """`train.device` as a torch device; `auto` is CUDA where torch can use it, else CPU.
+
+    Falling back to CPU on a machine with an NVIDIA driver logs a warning that says why and how to
+    fix it: a sweep meant for the GPU would otherwise run for days on the CPU without a word.
+    """
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    driver = nvidia_driver()
+    if driver is not None:
+        log.warning(cpu_fallback_warning(driver, torch.__version__, torch.version.cuda, _cuda_init_error(),
+                                         os.environ.get("CUDA_VISIBLE_DEVICES")))
+    return torch.device("cpu")
+
+
+def nvidia_driver(version_files: Sequence[Path] = NVIDIA_DRIVER_FILES, search_path: str | None = None) -> str | None:
+    """What shows an NVIDIA driver here: the first readable version file, else `nvidia-smi` on the path; None if neither.
+
+    `search_path` is searched like $PATH (None: $PATH itself).
+    """
+    for path in version_files:
+        try:
+            text = Path(path).read_text()
+        except OSError:
+            continue
+        match = re.search(r"Kernel Module\s+(\S+)", text)
+        return f"NVIDIA driver {match.group(1)}" if match else f"an NVIDIA driver ({path})"
+    smi = shutil.which("nvidia-smi", path=search_path)
+    return f"an NVIDIA driver (nvidia-smi at {smi})" if smi else None
+
+
+def _cuda_init_error() -> str | None:
+    """torch's own reason for not using CUDA (e.g. "The NVIDIA driver on your system is too old")."""
+    try:
+        torch.cuda.init()
+    except Exception as exc:  # torch raises RuntimeError or AssertionError, depending on the build
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return None
+
+
+def cpu_fallback_warning(
+    driver: str, torch_version: str, cuda_build: str | None, init_error: str | None, visible_devices: str | None
+) -> str:
+    """One line: `train.device: auto` fell back to CPU although `driver` is there, why, and how to fix it.
+
+    `cuda_build` is `torch.version.cuda` (None: a CPU-only build), `init_error` torch's reason for not
+    initialising CUDA, `visible_devices` $CUDA_VISIBLE_DEVICES (None: unset).
+    """
+    if cuda_build is None:
+        why = f"this torch ({torch_version}) is built without CUDA"
+        fix = "install torch's CUDA build (README, \"Install on your machine\")"
+    elif visible_devices is not None and visible_devices.strip() in ("", "-1"):
+        why = f"CUDA_VISIBLE_DEVICES={visible_devices!r} hides every GPU"
+        fix = "unset CUDA_VISIBLE_DEVICES or name a GPU in it"
+    else:
+        shown = "" if visible_devices is None else f", CUDA_VISIBLE_DEVICES={visible_devices!r}"
+        reason = (init_error or "no usable GPU").rstrip(".")
+        why = f"torch {torch_version} (built for CUDA {cuda_build}{shown}) cannot use it: {reason}"
+        fix = ("update the driver, or install a torch built for a CUDA this driver supports (nvidia-smi shows the "
+               "highest; README, \"Install on your machine\")")
+    return (f"train.device is auto, so this run uses the CPU, although the machine has {driver}: {why}. To train on "
+            f"the GPU, {fix}; to train on the CPU on purpose, set train.device: cpu.")
 
 
 def seed_everything(seed: int) -> None:
