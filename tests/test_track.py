@@ -76,3 +76,23 @@ def test_a_failed_run_says_why_in_its_description(store_uri: str) -> None:
     tracker.record_failure(_raise(RuntimeError("CUDA out of memory")), "oom: CUDA out of memory")
     note = tracker.client.get_run(tracker.run_id).data.tags[MLFLOW_RUN_NOTE]
     assert note == "Trial 5 of `demo` (sampled): optim.lr=0.01\n\n**failed**: oom: CUDA out of memory"
+
+
+def test_a_buffered_client_uploads_an_artifact_named_relative_to_the_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A sweep run from its own folder names its checkpoints runs/sweeps/<study>/trial-N/best.pt, relative paths
+    # inside the outbox's own (relative) folder: they must upload as given, not joined onto that folder again.
+    from mlflow import MlflowClient
+
+    from harness.track.outbox import BufferedClient
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    plain = MlflowClient(uri)
+    run_id = plain.create_run(plain.create_experiment("e")).info.run_id
+    folder = Path("runs/sweeps/demo/trial-0")
+    folder.mkdir(parents=True)
+    (folder / "best.pt").write_bytes(b"weights")
+    BufferedClient(plain, uri, folder).log_artifact(run_id, str(folder / "best.pt"))
+    assert [a.path for a in plain.list_artifacts(run_id)] == ["best.pt"]

@@ -481,7 +481,7 @@ class BufferedClient:
             with self.outbox.locked():
                 self._ids.update(self.outbox.read_state()["ids"])
         try:
-            result = _send(self._client, record, self._ids, self.outbox.folder)
+            result = _send(self._client, record, self._ids, None)  # the caller's path, as given
         except Exception as error:
             if not is_unreachable(error):
                 raise
