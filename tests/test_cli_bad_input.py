@@ -79,6 +79,7 @@ CASES: list[Case] = [
      "study 'demo' must exist in storage optuna.journal"),
     ("keys", "unknown section", lambda t: ["keys", "optim.lrr"], "'lrr' is unknown"),
     ("completion", "unknown shell", lambda t: ["completion", "fish"], "must be one of bash, zsh, but got 'fish'"),
+    ("sync", "missing folder", lambda t: ["sync", str(t / "no-runs")], "FOLDER must be a folder of runs"),
     ("export-best", "missing storage", lambda t: ["export-best", "--study-name", "demo"], "no such study storage"),
     # A file, not --set: an override applies to every config, and each would get its own line.
     ("compare", "unknown key",

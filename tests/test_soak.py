@@ -53,8 +53,7 @@ CHAOS_TIMEOUT = 240  # seconds for all the kills
 FINISH_TIMEOUT = 180  # seconds for the workers to finish the sweep after the last kill
 STUDY = "soak"
 FINAL_RUN_STATES = {"FINISHED", "FAILED", "KILLED"}
-# liveness.py's fail_reason for a reaped trial, and study.py's for a retry left waiting once the target was met
-_DEAD_WORKER_REASONS = ("worker died", "worker lost", "not run: the study reached --trials")
+_DEAD_WORKER_REASONS = ("worker died", "worker lost")  # liveness.py's fail_reason for a reaped trial
 
 
 @dataclass

@@ -234,16 +234,3 @@ def test_workers_sharing_a_seeded_study_get_samplers_of_their_own(monkeypatch: p
         study, study.ask(), "x", optuna.distributions.FloatDistribution(0, 1)) for s in (0, joined)]
     assert draws[0] != draws[1]
 
-
-def test_a_finished_sweeps_leftover_waiting_trials_are_failed_with_a_reason() -> None:
-    import optuna
-
-    from harness.sweep.study import _drop_waiting
-
-    study = optuna.create_study()
-    study.tell(study.ask(), 0.5)
-    study.enqueue_trial({"x": 1.0})  # a dead worker's retry that nobody needs any more
-    _drop_waiting(study, "not run: the study reached --trials 1")
-    [done, left] = study.get_trials()
-    assert done.state.name == "COMPLETE" and left.state.name == "FAIL"
-    assert left.user_attrs["fail_reason"] == "not run: the study reached --trials 1"

@@ -266,17 +266,6 @@ def check_resumed_space(
         return check_space(study, space, allow_space_change)
 
 
-def _drop_waiting(study: optuna.Study, reason: str) -> None:
-    """Fail the WAITING trials (a dead worker's retry, an enqueued config) of a study that needs no more,
-    so a finished sweep leaves no trial waiting for a worker that will never come."""
-    from optuna.trial import TrialState
-
-    from harness.sweep import optuna_access
-
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        optuna_access.fail_trial(study, trial, reason)
-
-
 def _worker_seed(seed: int | None, study: optuna.Study) -> int | None:
     """A sampler seed of this worker's own where the space fixes one and the study is shared or resumed.
 
@@ -385,9 +374,9 @@ def _count_and_ask(
     done = sum(s in FINISHED for s in states)
     bar.set_done(done)
     if done + states.count("RUNNING") >= trials:
-        stop_reason = None  # the target is reached, or will be by the trials running
-        if done >= trials:  # nothing left running that could fail and need them: leftovers never run
-            _drop_waiting(sweep.study, f"not run: the study reached --trials {trials}")
+        # The target is reached, or will be by the trials running. A WAITING trial left over (an enqueued
+        # config, a dead worker's retry) stays: a resume with a larger --trials runs it.
+        stop_reason = None
     elif sweep.deadline is not None and time.perf_counter() >= sweep.deadline:
         sweep.timed_out = True
         stop_reason = f"--timeout reached with {done} of {trials} trials finished (rerun the same command to resume)"
