@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
-__all__ = ["Heartbeat", "reap_dead_trials", "retry_once", "mark_worker", "fail_stale_trials", "HEARTBEAT_INTERVAL", "GRACE_PERIOD"]
+__all__ = ["Heartbeat", "pid_alive", "reap_dead_trials", "retry_once", "mark_worker", "fail_stale_trials", "HEARTBEAT_INTERVAL", "GRACE_PERIOD"]
 
 # A running trial's worker beats once a minute; after three silent minutes another worker retries it.
 HEARTBEAT_INTERVAL = 60
@@ -40,7 +40,7 @@ def mark_worker(trial: optuna.Trial) -> None:
     trial.set_user_attr("host", socket.gethostname())
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -70,7 +70,7 @@ def _death(trial: FrozenTrial, host: str) -> str | None:
     if trial.user_attrs["host"] != host:
         return None  # another machine's: its heartbeat decides (fail_stale_trials)
     pid = trial.user_attrs.get("pid")
-    return "worker died (process gone)" if pid is None or not _pid_alive(int(pid)) else None
+    return "worker died (process gone)" if pid is None or not pid_alive(int(pid)) else None
 
 
 def reap_dead_trials(study: optuna.Study, retry: bool = True) -> list[int]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.errors import StudyError
-from harness.sweep.liveness import GRACE_PERIOD, _pid_alive
+from harness.sweep.liveness import GRACE_PERIOD, pid_alive
 from harness.sweep.study import FINISHED, Direction, TrialStateName
 
 if TYPE_CHECKING:
@@ -191,7 +191,7 @@ def _worker(trial: optuna.trial.FrozenTrial, heartbeat_age: float | None) -> Wor
         host=host,
         pid=pid,
         running_seconds=None if started is None else (datetime.now() - started).total_seconds(),
-        alive=_pid_alive(int(pid)) if pid is not None and host == socket.gethostname() else None,
+        alive=pid_alive(int(pid)) if pid is not None and host == socket.gethostname() else None,
         heartbeat_age=heartbeat_age,
     )
 
