@@ -15,6 +15,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 
 from harness.sweep import optuna_access
 from harness.sweep.storage import open_storage
+from services import fresh_postgres_db, postgres_url  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(params=["in-memory", "journal", "sqlite"])
@@ -71,3 +72,38 @@ def test_a_trial_whose_heartbeat_stops_turns_stale_while_a_beating_one_does_not(
     time.sleep(2.2)  # past the grace period, by the database's clock (whole seconds in SQLite)
     optuna_access.record_heartbeat(study, beating)
     assert [t.number for t in optuna_access.stale_trials(study)] == [lost.number]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database storage URL: a SQLite file, or an empty PostgreSQL database of this test's own."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'optuna.db'}"
+    return request.getfixturevalue("fresh_postgres_db")
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_heartbeat_ages_are_read_per_trial_of_the_named_study_only(database_url: str) -> None:
+    storage = open_storage(database_url, heartbeat_interval=60, grace_period=120)
+    study = optuna.create_study(study_name="s", storage=storage)
+    other = optuna.create_study(study_name="other", storage=storage)
+    old, fresh, silent = study.ask(), study.ask(), study.ask()
+    optuna_access.record_heartbeat(study, old)
+    time.sleep(2.2)  # SQLite stamps whole seconds
+    optuna_access.record_heartbeat(study, fresh)
+    optuna_access.record_heartbeat(other, other.ask())  # trial 0 of another study: not ours
+
+    ages = optuna_access.heartbeat_ages(database_url, "s", [old.number, fresh.number, silent.number])
+
+    assert set(ages) == {old.number, fresh.number}  # a trial that never beat has no age
+    assert ages[old.number] >= 1.0 and ages[old.number] - ages[fresh.number] >= 1.0
+    assert -1.0 <= ages[fresh.number] < 60  # by the database's own clock, so no time-zone offset creeps in
+    assert optuna_access.heartbeat_ages(database_url, "s", [silent.number]) == {}
+    assert optuna_access.heartbeat_ages(database_url, "missing", [0, 1]) == {}
+
+
+def test_heartbeat_ages_of_a_database_without_optunas_tables_are_empty_not_an_error(tmp_path: Path) -> None:
+    import sqlite3
+
+    sqlite3.connect(tmp_path / "plain.db").execute("CREATE TABLE t (x INTEGER)").connection.close()
+    assert optuna_access.heartbeat_ages(f"sqlite:///{tmp_path / 'plain.db'}", "s", [0]) == {}

@@ -3,9 +3,10 @@
 Optuna's public API reaches a trial only through the process that asked for it. Failing the
 trial of a dead worker, reading stale heartbeats and beating from our own thread need the
 study's storage and the storage's trial id, which Optuna keeps private (`Study._storage`,
-`Trial._trial_id`, `BaseHeartbeat._get_stale_trial_ids`). They may change in any release, so
-they are used here only; tests/test_sweep_optuna_access.py runs each against real storages, and
-pyproject.toml bounds optuna to the major version those tests pass on.
+`Trial._trial_id`, `BaseHeartbeat._get_stale_trial_ids`); showing heartbeat ages reads Optuna's
+`trial_heartbeats` table. They may change in any release, so they are used here only;
+tests/test_sweep_optuna_access.py runs each against real storages, and pyproject.toml bounds
+optuna to the major version those tests pass on.
 
 The storage that retries its calls (`retrying_storage`) needs two more: Optuna's read cache
 (`_CachedStorage`, here), which `optuna.create_study` puts in front of a plain RDBStorage only,
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "heartbeat_interval", "record_heartbeat", "stale_trials", "reload_trial", "set_trial_user_attr", "fail_trial",
-    "cached_storage",
+    "cached_storage", "heartbeat_ages",
 ]
 
 
@@ -97,3 +98,36 @@ def cached_storage(storage: RDBStorage) -> BaseStorage:
     from optuna.storages import _CachedStorage
 
     return _CachedStorage(storage)
+
+
+def heartbeat_ages(storage: str, study_name: str, numbers: list[int]) -> dict[int, float]:
+    """Seconds since each listed trial's last heartbeat, by the database's clock; trials never beaten are left out.
+
+    `storage` is a database URL. Optuna reads heartbeats only to fail stale trials and exposes no way
+    to read them, so they are read from its `trial_heartbeats`, `trials` and `studies` tables with a
+    read-only query on a connection of our own. A schema that differs (or a database that cannot be
+    read) gives no ages rather than an error: `harness sweep --status` then shows no heartbeats.
+    """
+    import sqlalchemy as sa
+    from sqlalchemy.pool import NullPool
+
+    beats = sa.table("trial_heartbeats", sa.column("trial_id"), sa.column("heartbeat", sa.DateTime))
+    trials = sa.table("trials", sa.column("trial_id"), sa.column("study_id"), sa.column("number"))
+    studies = sa.table("studies", sa.column("study_id"), sa.column("study_name"))
+    query = (
+        sa.select(trials.c.number, beats.c.heartbeat, sa.func.current_timestamp())
+        .select_from(beats.join(trials, trials.c.trial_id == beats.c.trial_id)
+                     .join(studies, studies.c.study_id == trials.c.study_id))
+        .where(studies.c.study_name == study_name, trials.c.number.in_(numbers))
+    )
+    engine = sa.create_engine(storage, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(query).all()
+    except sa.exc.SQLAlchemyError:
+        return {}
+    finally:
+        engine.dispose()
+    # Optuna stamps beats with the database's CURRENT_TIMESTAMP into a column without a time zone, so the
+    # database's "now" is compared without one too (PostgreSQL returns it with the session's zone).
+    return {number: (now.replace(tzinfo=None) - beat).total_seconds() for number, beat, now in rows}

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.errors import StudyError
+from harness.sweep import optuna_access
 from harness.sweep.liveness import GRACE_PERIOD, pid_alive
 from harness.sweep.study import FINISHED, Direction, TrialStateName
 
@@ -120,7 +121,7 @@ def read_status(
     failed = [t for t in trials if t.state.name == "FAIL"][-_SHOWN_FAILURES:]
     running = [t for t in trials if t.state.name == "RUNNING"]
     is_database = is_url(storage)
-    ages = _heartbeat_ages(storage, study_name, [t.number for t in running]) if is_database and running else {}
+    ages = optuna_access.heartbeat_ages(storage, study_name, [t.number for t in running]) if is_database and running else {}
     return StudyStatus(
         study_name=study_name,
         storage=mask_uri(storage),
@@ -194,38 +195,6 @@ def _worker(trial: optuna.trial.FrozenTrial, heartbeat_age: float | None) -> Wor
         alive=pid_alive(int(pid)) if pid is not None and host == socket.gethostname() else None,
         heartbeat_age=heartbeat_age,
     )
-
-
-def _heartbeat_ages(storage: str, study_name: str, numbers: list[int]) -> dict[int, float]:
-    """Seconds since each listed trial's last heartbeat, by the database's clock; trials never beaten are left out.
-
-    Optuna reads heartbeats only to fail stale trials, and exposes no way to read them; so they are read
-    from its `trial_heartbeats` table here, without writing anything. A storage whose schema differs
-    (or that cannot be read) shows no heartbeats rather than failing the status.
-    """
-    import sqlalchemy as sa
-    from sqlalchemy.pool import NullPool
-
-    beats = sa.table("trial_heartbeats", sa.column("trial_id"), sa.column("heartbeat", sa.DateTime))
-    trials = sa.table("trials", sa.column("trial_id"), sa.column("study_id"), sa.column("number"))
-    studies = sa.table("studies", sa.column("study_id"), sa.column("study_name"))
-    query = (
-        sa.select(trials.c.number, beats.c.heartbeat, sa.func.current_timestamp())
-        .select_from(beats.join(trials, trials.c.trial_id == beats.c.trial_id)
-                     .join(studies, studies.c.study_id == trials.c.study_id))
-        .where(studies.c.study_name == study_name, trials.c.number.in_(numbers))
-    )
-    engine = sa.create_engine(storage, poolclass=NullPool)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(query).all()
-    except sa.exc.SQLAlchemyError:
-        return {}
-    finally:
-        engine.dispose()
-    # Optuna stamps beats with the database's CURRENT_TIMESTAMP into a column without a time zone, so the
-    # database's "now" is compared without one too (PostgreSQL returns it with the session's zone).
-    return {number: (now.replace(tzinfo=None) - beat).total_seconds() for number, beat, now in rows}
 
 
 def _missing_tracking_store(uri: str) -> bool:
