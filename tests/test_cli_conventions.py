@@ -314,8 +314,10 @@ def test_auto_device_falling_back_to_cpu_warns_once_where_a_driver_is_present(
     version_file.write_text(NVRM)
     find = session.nvidia_driver
     monkeypatch.setattr(session, "nvidia_driver", lambda: find([version_file], search_path=""))
+    session._warn_once.cache_clear()
     with caplog.at_level(logging.WARNING, logger="harness.train.session"):
         assert session.resolve_device("auto").type == "cpu"
+        assert session.resolve_device("auto").type == "cpu"  # a sweep's next trial: no second warning
         assert session.resolve_device("cpu").type == "cpu"  # asked for: no warning
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1

@@ -8,6 +8,7 @@ its steps without running `fit`.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import os
@@ -43,7 +44,8 @@ def resolve_device(name: str) -> torch.device:
     """`train.device` as a torch device; `auto` is CUDA where torch can use it, else CPU.
 
     Falling back to CPU on a machine with an NVIDIA driver logs a warning that says why and how to
-    fix it: a sweep meant for the GPU would otherwise run for days on the CPU without a word.
+    fix it: a sweep meant for the GPU would otherwise run for days on the CPU without a word. The
+    warning is logged once per process, though a sweep resolves the device for every trial.
     """
     if name != "auto":
         return torch.device(name)
@@ -51,9 +53,14 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda")
     driver = nvidia_driver()
     if driver is not None:
-        log.warning(cpu_fallback_warning(driver, torch.__version__, torch.version.cuda, _cuda_init_error(),
-                                         os.environ.get("CUDA_VISIBLE_DEVICES")))
+        _warn_once(cpu_fallback_warning(driver, torch.__version__, torch.version.cuda, _cuda_init_error(),
+                                        os.environ.get("CUDA_VISIBLE_DEVICES")))
     return torch.device("cpu")
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    log.warning(message)
 
 
 def nvidia_driver(version_files: Sequence[Path] = NVIDIA_DRIVER_FILES, search_path: str | None = None) -> str | None:
