@@ -96,3 +96,34 @@ def test_a_buffered_client_uploads_an_artifact_named_relative_to_the_working_fol
     (folder / "best.pt").write_bytes(b"weights")
     BufferedClient(plain, uri, folder).log_artifact(run_id, str(folder / "best.pt"))
     assert [a.path for a in plain.list_artifacts(run_id)] == ["best.pt"]
+
+
+_OPEN_AND_LIST = """
+import sys
+from harness.track.mlflow_run import experiment_id, open_client
+client = open_client(sys.argv[1])
+print(experiment_id(client, "harness"))
+"""
+
+
+def test_two_processes_creating_one_new_sqlite_store_share_it_and_leave_no_temporary_file(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    workers = [subprocess.Popen([sys.executable, "-c", _OPEN_AND_LIST, uri], cwd=tmp_path, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [w.communicate(timeout=120) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], [err[-2000:] for _, err in results]
+    assert results[0][0].strip() == results[1][0].strip()  # one store, so one experiment id for both
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["mlflow.db"]
+    experiments = {e.name: e for e in MlflowClient(uri).search_experiments()}
+    assert set(experiments) == {"Default", "harness"}
+    # Experiment 0 keeps artifacts where MLflow puts them for a store it creates itself.
+    reference = f"sqlite:///{tmp_path / 'reference.db'}"
+    made_by_mlflow = subprocess.run([sys.executable, "-c", "import sys; from mlflow import MlflowClient; "
+                                     "print(MlflowClient(sys.argv[1]).get_experiment('0').artifact_location)",
+                                     reference], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert made_by_mlflow.stdout.strip() == experiments["Default"].artifact_location == str(tmp_path / "mlruns" / "0")

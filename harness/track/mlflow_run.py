@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import secrets
 import tempfile
 import time
 import traceback
@@ -59,9 +60,49 @@ def mask_uri(uri: str) -> str:
 
 
 def open_client(tracking_uri: str | None = None):
+    """An MlflowClient on the resolved URI; a SQLite store that does not exist yet is first created whole."""
     from mlflow import MlflowClient
 
-    return MlflowClient(resolve_tracking_uri(tracking_uri))
+    uri = resolve_tracking_uri(tracking_uri)
+    _create_sqlite_store(uri)
+    return MlflowClient(uri)
+
+
+def _create_sqlite_store(uri: str) -> None:
+    """Build a new SQLite tracking store under a temporary name, then link it into place.
+
+    MLflow migrates a new SQLite store with autocommitted DDL: a process killed between a migration's
+    CREATE TABLE and its version stamp leaves a store that fails every later open ("table ... already
+    exists"). Migrated aside, the store appears only once complete. A hard link (not a rename) puts it
+    there, so a store another worker created meanwhile, and may already write to, is never replaced.
+    """
+    if not uri.startswith("sqlite:"):
+        return
+    from sqlalchemy.engine import make_url
+
+    database = make_url(uri).database
+    if database in (None, "", ":memory:") or Path(database).exists():
+        return
+    from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    path = Path(database)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.creating")
+    try:
+        # The artifact root MLflow itself gives a new local store; it fixes where experiment 0 keeps artifacts.
+        store = SqlAlchemyStore(f"sqlite:///{tmp}", DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH)
+        store.engine.dispose()
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process created it first: use theirs
+        except OSError:
+            # A filesystem without hard links: a rename, which a store created in the last instant would lose to.
+            if not path.exists():
+                os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def experiment_id(client, name: str) -> str:
