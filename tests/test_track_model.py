@@ -87,11 +87,17 @@ def test_export_best_log_model_logs_the_best_checkpoint_in_the_trials_run(
 ) -> None:
     monkeypatch.chdir(swept.tmp)
     assert swept.export("logged.yaml", "--log-model") == 0
-    uri = f"runs:/{swept.run_id}/model"
-    assert f"MLflow model {uri}" in capsys.readouterr().out
-
     client = MlflowClient(swept.uri)
-    assert {"model/MLmodel", "model/data"} <= {a.path for a in client.list_artifacts(swept.run_id, "model")}
+    # An MLflow 3 logged model whose source is the trial's run, listed among the run's outputs (the UI's Models
+    # column) at the checkpoint's epoch.
+    [logged] = client.search_logged_models([client.get_run(swept.run_id).info.experiment_id])
+    assert logged.source_run_id == swept.run_id and logged.name == "model" and logged.status.name == "READY"
+    [output] = client.get_run(swept.run_id).outputs.model_outputs
+    assert output.model_id == logged.model_id
+    assert output.step == torch.load(swept.best_pt, weights_only=True)["epoch"]
+    uri = f"models:/{logged.model_id}"
+    assert f"MLflow model {uri}" in capsys.readouterr().out
+    assert {"MLmodel", "data"} <= {a.path for a in client.list_logged_model_artifacts(logged.model_id)}
     header = (swept.tmp / "logged.yaml").read_text().split("\n# exported")[0]
     assert header.startswith("# best trial of study 'm'") and f"# trial {swept.trial}:" in header
     assert f"MLflow run: {swept.run_id}; model: {uri}" in header
@@ -132,7 +138,13 @@ def test_export_best_register_adds_a_registry_version_per_call(
     assert client.get_registered_model("deepfake-detector").name == "deepfake-detector"
     versions = client.search_model_versions("name = 'deepfake-detector'")
     assert sorted(int(v.version) for v in versions) == [1, 2]
-    assert all(v.run_id == swept.run_id and v.source.endswith("/model") for v in versions)
+    # Each call logs the checkpoint anew, as a logged model of the trial's run that names its registry version.
+    logged = [m for m in client.search_logged_models([client.get_run(swept.run_id).info.experiment_id])
+              if "mlflow.modelVersions" in m.tags]
+    assert sorted(yaml.safe_load(m.tags["mlflow.modelVersions"])[0]["version"] for m in logged) == [1, 2]
+    assert all(m.source_run_id == swept.run_id for m in logged)
+    assert sorted(v.source for v in versions) == sorted(m.artifact_location for m in logged)
+    assert all(v.run_id == swept.run_id for v in versions)
     assert all(v.tags == {"harness.study": "m", "harness.trial": str(swept.trial)} for v in versions)
     header = (swept.tmp / "second.yaml").read_text().split("\n# exported")[0]
     assert f"MLflow run: {swept.run_id}; model: models:/deepfake-detector/2" in header
@@ -155,7 +167,8 @@ def test_export_best_refuses_a_bad_name_or_a_missing_checkpoint_and_writes_nothi
         artifacts = [(a.path, a.file_size) for a in client.list_artifacts(swept.run_id)]
         model = [(a.path, a.file_size) for a in client.list_artifacts(swept.run_id, "model")]
         registered = sorted((m.name, m.last_updated_timestamp) for m in client.search_registered_models())
-        return artifacts, model, registered
+        logged = [m.model_id for m in client.search_logged_models([client.get_run(swept.run_id).info.experiment_id])]
+        return artifacts, model, registered, logged
 
     before = store_state()
     for name in ["a/b", "team:model", " ", ".."]:
@@ -207,8 +220,11 @@ def test_log_detector_exports_attention_pooling_with_a_free_batch(tmp_path: Path
     run_id = client.create_run(experiment).info.run_id
 
     logged = log_detector(best_pt, run_id, uri)
-    assert logged.uri == f"runs:/{run_id}/model" and logged.seconds > 0
-    local = client.download_artifacts(run_id, "model", str(tmp_path / "download"))
+    assert logged.uri == f"models:/{logged.model_id}" and logged.seconds > 0
+    model = client.get_logged_model(logged.model_id)
+    assert model.source_run_id == run_id and model.status.name == "READY"
+    local = mlflow.artifacts.download_artifacts(artifact_uri=model.artifact_location,
+                                                dst_path=str(tmp_path / "download"))
     info = Model.load(local)
     assert info.metadata["video_threshold"] == 0.42 and info.metadata["checkpoint_epoch"] == 3
     loaded = mlflow.pytorch.load_model(local)

@@ -7,6 +7,7 @@ goes through an explicit MlflowClient and run id, never the fluent API's active 
 
 from __future__ import annotations
 
+import json
 import posixpath
 import tempfile
 import time
@@ -26,6 +27,7 @@ __all__ = ["ARTIFACT_PATH", "LoggedDetector", "RegisteredVersion", "check_model_
            "log_detector", "register_detector"]
 
 ARTIFACT_PATH = "model"
+MODEL_VERSIONS_TAG = "mlflow.modelVersions"  # mlflow.utils.mlflow_tags.MLFLOW_MODEL_VERSIONS
 # Two clips, not one: torch.export fixes a size-1 dimension to a constant, so a one-clip example would give
 # a graph that refuses any other batch size although the signature says (-1, T, 3, H, W).
 EXAMPLE_CLIPS = 2
@@ -36,8 +38,9 @@ class LoggedDetector:
     """Where `log_detector` put the model, and what it took."""
 
     run_id: str
-    uri: str  # runs:/<run_id>/model
+    uri: str  # models:/<model_id>
     seconds: float  # loading the checkpoint, exporting the graph and uploading it
+    model_id: str  # the MLflow logged model's id (m-...)
 
 
 @dataclass(frozen=True)
@@ -108,13 +111,16 @@ def _load_detector(checkpoint: Path) -> tuple[nn.Module, dict[str, Any]]:
 
 
 def log_detector(checkpoint: Path, run_id: str, tracking_uri: str | None = None) -> LoggedDetector:
-    """Log `checkpoint` as the MLflow model `model` of run `run_id`: graph, signature, input example.
+    """Log `checkpoint` as MLflow model `model` of run `run_id`: graph, signature, input example.
 
-    Exported on the CPU: a pt2 graph keeps its weights on the device it was traced on, and a CPU model
-    loads everywhere.
+    It becomes an MLflow 3 logged model whose source is the run, as `mlflow.pytorch.log_model` makes
+    one (so the run's Models column and the experiment's Models page show it), but through the
+    client and run id rather than the fluent API's active run. Exported on the CPU: a pt2 graph
+    keeps its weights on the device it was traced on, and a CPU model loads everywhere.
     """
     import mlflow.pytorch
-    from mlflow.models import infer_signature
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+    from mlflow.models import Model, infer_signature
 
     start = time.perf_counter()
     model, metadata = _load_detector(Path(checkpoint))
@@ -122,17 +128,31 @@ def log_detector(checkpoint: Path, run_id: str, tracking_uri: str | None = None)
     with torch.no_grad():
         logits = model(torch.from_numpy(example)).numpy()
     client = open_client(tracking_uri)
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp) / ARTIFACT_PATH
-        mlflow.pytorch.save_model(
-            model, str(local), serialization_format="pt2", input_example=example,
-            signature=infer_signature(example, logits), metadata=metadata,
-            # The flavour's pinned defaults (torch, cloudpickle; MLflow adds itself): inferring them instead
-            # loads the model again in a subprocess. The graph needs nothing from harness or timm.
-            pip_requirements=mlflow.pytorch.get_default_pip_requirements(),
-        )
-        client.log_artifacts(run_id, str(local), ARTIFACT_PATH)
-    return LoggedDetector(run_id, f"runs:/{run_id}/{ARTIFACT_PATH}", time.perf_counter() - start)
+    run = client.get_run(run_id)
+    logged = client.create_logged_model(
+        run.info.experiment_id, name=ARTIFACT_PATH, source_run_id=run_id, model_type="deepfake-detector",
+        params={key: str(value) for key, value in run.data.params.items()},
+        tags={"checkpoint": str(checkpoint), "checkpoint_epoch": str(metadata["checkpoint_epoch"])},
+    )
+    try:
+        client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=metadata["checkpoint_epoch"])])
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / ARTIFACT_PATH
+            mlflow.pytorch.save_model(
+                model, str(local), serialization_format="pt2", input_example=example,
+                signature=infer_signature(example, logits), metadata=metadata,
+                mlflow_model=Model(artifact_path=logged.artifact_location, model_uuid=logged.model_id,
+                                   run_id=run_id, model_id=logged.model_id),
+                # The flavour's pinned defaults (torch, cloudpickle; MLflow adds itself): inferring them instead
+                # loads the model again in a subprocess. The graph needs nothing from harness or timm.
+                pip_requirements=mlflow.pytorch.get_default_pip_requirements(),
+            )
+            client.log_model_artifacts(logged.model_id, str(local))
+    except BaseException:
+        client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+        raise
+    client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+    return LoggedDetector(run_id, f"models:/{logged.model_id}", time.perf_counter() - start, logged.model_id)
 
 
 def register_detector(
@@ -148,8 +168,12 @@ def register_detector(
     except MlflowException as exc:  # a second registration under the same name only adds a version
         if exc.error_code not in (ErrorCode.Name(RESOURCE_ALREADY_EXISTS), ErrorCode.Name(ALREADY_EXISTS)):
             raise
-    # The run's artifact location, as mlflow.register_model resolves a runs:/ URI whose run holds the files.
-    source = f"{client.get_run(model.run_id).info.artifact_uri}/{ARTIFACT_PATH}"
-    version = client.create_model_version(name, source, run_id=model.run_id,
-                                          tags={k: str(v) for k, v in (tags or {}).items()})
+    # The logged model's artifact location as the source: MLflow's SQL registry would resolve a models:/<id>
+    # source through the global tracking URI, not this client's.
+    logged = client.get_logged_model(model.model_id)
+    version = client.create_model_version(name, logged.artifact_location, run_id=model.run_id,
+                                          model_id=model.model_id, tags={k: str(v) for k, v in (tags or {}).items()})
+    # The link back from the logged model that mlflow.register_model writes, which the Models page shows.
+    linked = json.loads(logged.tags.get(MODEL_VERSIONS_TAG, "[]")) + [{"name": name, "version": version.version}]
+    client.set_logged_model_tags(model.model_id, {MODEL_VERSIONS_TAG: json.dumps(linked)})
     return RegisteredVersion(name, int(version.version))
