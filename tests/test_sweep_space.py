@@ -7,6 +7,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from mlflow import MlflowClient
 
 from harness.config.loading import load_config
 from harness.errors import SpaceError
@@ -427,7 +428,7 @@ def test_a_misspelt_study_metric_is_refused_at_load_with_the_names_allowed(tmp_p
     ids=["float", "categorical"],
 )
 def test_a_minimal_space_without_enqueue_sweeps_end_to_end(
-    params: dict, synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    params: dict, synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     from harness.cli import main
     from harness.sweep.storage import open_storage
@@ -444,6 +445,11 @@ def test_a_minimal_space_without_enqueue_sweeps_end_to_end(
     journal = str(tmp_path / "optuna.journal")
     assert main(["sweep", "--space", str(tmp_path / "space.yaml"), "--trials", "2", "--storage", journal,
                  "--study-name", "minimal", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--quiet"]) == 0
+    # The runs page in the UI's model-training view, with what serves it.
+    experiment = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_experiment_by_name("harness").experiment_id
+    assert (f"compare them: `mlflow ui --backend-store-uri sqlite:///{tmp_path / 'mlflow.db'}`, then open "
+            f"http://127.0.0.1:5000/#/experiments/{experiment}/runs?workflowType=machine_learning"
+            in capsys.readouterr().out)
 
     trials = optuna.load_study(study_name="minimal", storage=open_storage(journal)).get_trials()
     (name,) = params

@@ -119,7 +119,8 @@ def test_status_counts_every_state_and_names_best_failures_workers_and_parent_ru
     assert not status.heartbeats
     parent = status.parent
     assert (parent.run_id, parent.status, parent.problem) == (run_id, "RUNNING", None)
-    assert parent.link.endswith(f"/#/experiments/{parent.experiment_id}/runs/{run_id}")
+    assert parent.link == f"http://127.0.0.1:5000/#/experiments/{parent.experiment_id}/runs/{run_id}" \
+                          "?workflowType=machine_learning"  # MLflow 3.17 opens GenAI pages without it
     assert parent.ui_command == f"mlflow ui --backend-store-uri {tracking_uri}"
 
     lines = format_status(status, width=100).splitlines()
@@ -134,7 +135,7 @@ def test_status_counts_every_state_and_names_best_failures_workers_and_parent_ru
     assert "  trial 6 " in text and "gone: the next worker here fails and retries it" in text
     assert "  trial 7 on gpu-box-2 pid 4242" in text and "on another host; a journal keeps no heartbeats" in text
     assert f"MLflow parent run {run_id}: RUNNING" in text
-    assert f"  open:  http://127.0.0.1:5000/#/experiments/{parent.experiment_id}/runs/{run_id}" in lines
+    assert f"  open:  http://127.0.0.1:5000/#/experiments/{parent.experiment_id}/runs/{run_id}?workflowType=machine_learning" in lines
 
 
 def test_only_the_last_few_failures_are_listed_each_on_one_cut_line(tmp_path: Path, tracking_uri: str) -> None:

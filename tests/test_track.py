@@ -127,3 +127,14 @@ def test_two_processes_creating_one_new_sqlite_store_share_it_and_leave_no_tempo
                                      "print(MlflowClient(sys.argv[1]).get_experiment('0').artifact_location)",
                                      reference], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert made_by_mlflow.stdout.strip() == experiments["Default"].artifact_location == str(tmp_path / "mlruns" / "0")
+
+
+def test_ui_pages_open_in_the_model_training_view_and_name_what_serves_them() -> None:
+    from harness.track.mlflow_run import ui_command, ui_link
+
+    assert ui_link("sqlite:///mlflow.db", "3") == "http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning"
+    assert ui_link("http://tracking:5000/", "3", "abc") == (
+        "http://tracking:5000/#/experiments/3/runs/abc?workflowType=machine_learning")
+    assert ui_command("sqlite:///mlflow.db") == "mlflow ui"  # the default store, which `mlflow ui` opens itself
+    assert ui_command("sqlite:////data/m.db") == "mlflow ui --backend-store-uri sqlite:////data/m.db"
+    assert ui_command("https://tracking.example") is None  # a server serves its own UI

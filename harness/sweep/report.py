@@ -236,6 +236,9 @@ def print_summary(summary: SweepSummary, top: int = 10) -> None:
     if summary.stop_reason:
         console.print(f"stopped early: {summary.stop_reason}", markup=False)
     console.print(f"MLflow parent run {summary.parent_run_id} holds one child run per trial", markup=False)
+    if summary.runs_page is not None:
+        serve = f"`{summary.ui_command}`, then open " if summary.ui_command else "open "
+        console.print(f"compare them: {serve}{summary.runs_page}", markup=False, soft_wrap=True)
     if summary.best_number is not None:
         console.print(f"best: trial {summary.best_number}, {metric} {summary.best_value:.4f}. "
                       f"Export it with `harness export-best --study-name {summary.study_name} --out best.yaml`")

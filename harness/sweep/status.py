@@ -61,15 +61,18 @@ class ParentRunStatus:
     @property
     def ui_command(self) -> str | None:
         """What serves a local store's runs in a browser; None for a tracking server, which serves them itself."""
-        return None if self.on_server else f"mlflow ui --backend-store-uri {self.tracking_uri}"
+        from harness.track.mlflow_run import ui_command
+
+        return ui_command(self.tracking_uri)
 
     @property
     def link(self) -> str | None:
         """The run's page: on the tracking server, or on what `ui_command` serves (at its default address)."""
+        from harness.track.mlflow_run import ui_link
+
         if self.run_id is None or self.experiment_id is None:
             return None
-        base = self.tracking_uri.rstrip("/") if self.on_server else "http://127.0.0.1:5000"
-        return f"{base}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        return ui_link(self.tracking_uri, self.experiment_id, self.run_id)
 
 
 @dataclass(frozen=True)

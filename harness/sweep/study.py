@@ -66,6 +66,8 @@ class SweepSummary:
     rows: list[dict[str, Any]] = field(default_factory=list)
     stop_reason: str | None = None  # set when this worker stopped before the study reached its target
     timed_out: bool = False  # the stop was --timeout's: planned, so neither the parent run nor the exit code fails
+    runs_page: str | None = None  # the experiment's runs in the MLflow UI; None when the store could not say
+    ui_command: str | None = None  # what serves that page: `mlflow ui` for a local store, None for a server
 
 
 @dataclass
@@ -537,12 +539,26 @@ def _parent_status(study: optuna.Study, stop_reason: str | None) -> RunStatus | 
     return None
 
 
+def _runs_page(sweep: _Sweep) -> str | None:
+    """Where the sweep's runs are in the MLflow UI; None when the store cannot be asked (a server down)."""
+    from harness.track.mlflow_run import resolve_tracking_uri, ui_link
+
+    try:
+        experiment = sweep.client.get_experiment_by_name(sweep.base_cfg.tracking.experiment)
+    except Exception:  # the summary goes on without the link: the runs are in the store (or its outbox)
+        return None
+    return None if experiment is None else ui_link(resolve_tracking_uri(sweep.tracking_uri), experiment.experiment_id)
+
+
 def _close_sweep(sweep: _Sweep, ran_here: int, stop_reason: str | None, wall: float) -> SweepSummary:
     """Summarise the study, log the summary and plots to the parent run, and close the parent if this worker is last."""
     from harness.sweep.report import log_study_artifacts, summarise
+    from harness.track.mlflow_run import resolve_tracking_uri, ui_command
 
     summary = summarise(sweep.study, sweep.metric, sweep.base_cfg.train.epochs, sweep.parent_run_id, wall, ran_here)
     summary.stop_reason, summary.timed_out = stop_reason, sweep.timed_out
+    summary.runs_page = _runs_page(sweep)
+    summary.ui_command = ui_command(resolve_tracking_uri(sweep.tracking_uri))
     log_study_artifacts(sweep.client, sweep.parent_run_id, sweep.study, summary)
     if sweep.base_cfg.data.cache:
         _log_decode_counts(sweep.client, sweep.parent_run_id, sweep.base_cfg.data, sweep.cache_since)

@@ -42,7 +42,8 @@ if TYPE_CHECKING:
 
     from harness.config.schema import Config
 
-__all__ = ["MLflowTracker", "resolve_tracking_uri", "mask_uri", "open_client", "experiment_id"]
+__all__ = ["MLflowTracker", "resolve_tracking_uri", "mask_uri", "open_client", "experiment_id", "ui_command",
+           "ui_link"]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # A failure's reason and traceback are cut to this many characters (MLflow keeps 8000 per tag value).
@@ -57,6 +58,28 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
 def mask_uri(uri: str) -> str:
     """Hide a password in `scheme://user:password@host/...` before it reaches a tag or a log line."""
     return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", uri)
+
+
+def ui_command(tracking_uri: str) -> str | None:
+    """What serves a local store's runs in a browser; None for a tracking server, which serves them itself."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return None
+    # MLflow >= 3.7's `mlflow ui` opens ./mlflow.db by default, the harness's own default store.
+    return "mlflow ui" if tracking_uri == DEFAULT_TRACKING_URI else f"mlflow ui --backend-store-uri {tracking_uri}"
+
+
+def ui_link(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI's page of an experiment's runs (or of one run): on a tracking server, else where `mlflow ui`
+    serves by default.
+
+    The page opens in the UI's model-training view: MLflow 3.17 picks its GenAI or model-training pages from
+    the URL's `workflowType` (else from the browser's last choice, GenAI at first), not from the experiment's
+    `mlflow.experimentKind` tag, and in its GenAI view the runs table is hidden behind a traces overview.
+    """
+    server = tracking_uri.startswith(("http://", "https://"))
+    base = tracking_uri.rstrip("/") if server else "http://127.0.0.1:5000"
+    page = f"runs/{run_id}" if run_id else "runs"
+    return f"{base}/#/experiments/{experiment_id}/{page}?workflowType=machine_learning"
 
 
 def open_client(tracking_uri: str | None = None):
