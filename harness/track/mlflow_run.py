@@ -9,6 +9,7 @@ with the run's data as dataset inputs and a description in words.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -111,6 +112,8 @@ def _create_sqlite_store(uri: str) -> None:
 
     path = Path(database)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Its "Creating initial MLflow database tables..." lines at INFO would open the first sweep's output.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.creating")
     try:
         # The artifact root MLflow itself gives a new local store; it fixes where experiment 0 keeps artifacts.
