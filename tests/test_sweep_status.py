@@ -258,3 +258,16 @@ def test_sqlite_storage_shows_heartbeat_ages_and_the_stale_ones(tmp_path: Path, 
     [elsewhere] = [line for line in text.splitlines() if line.startswith("  trial 7 on gpu-box-2")]
     assert "on another host; heartbeat " in elsewhere
     assert elsewhere.endswith("ago, past the 2 s grace period: the next worker fails and retries it")
+
+
+def test_status_reads_a_journal_cut_mid_record_and_leaves_it_as_it_is(tmp_path: Path, tracking_uri: str) -> None:
+    storage, _ = _journal_study(tmp_path, "cut", tracking_uri)
+    whole = Path(storage).read_bytes()
+    last_start = whole.rindex(b"\n", 0, len(whole) - 1) + 1
+    Path(storage).write_bytes(whole[: last_start + 15])  # the power went out 15 bytes into the last record
+    before = _tree(tmp_path)
+
+    status = read_status("cut", storage, tracking_uri)
+
+    assert sum(status.counts.values()) == 9  # every trial up to the cut record
+    assert _tree(tmp_path) == before  # no truncation and no `.cut-` copy: that is the next worker's job

@@ -161,7 +161,7 @@ def _open_existing(study_name: str, storage: str) -> BaseStorage:
     if kind == "journal":
         if not journal_path(storage).is_file():
             raise _missing_study(study_name, storage, "no such journal file exists")
-        return open_storage(storage)
+        return open_storage(storage, repair_cut=False)  # a cut last record is the next worker's to drop
     if kind == "sqlite":
         database = make_url(storage).database
         if database in (None, "", ":memory:") or not Path(database).is_file():

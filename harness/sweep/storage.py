@@ -97,6 +97,7 @@ def open_storage(
     heartbeat_interval: int | None = None,
     grace_period: int | None = None,
     retry: StorageRetry | None = None,
+    repair_cut: bool = True,
 ) -> optuna.storages.BaseStorage:
     """`sqlite:///x.db`, `postgresql://...` -> RDBStorage; a path -> a journal file; other URLs are refused.
 
@@ -108,7 +109,9 @@ def open_storage(
 
     With `retry`, a database storage (and opening it) waits out a lost connection instead of failing:
     a `retrying_storage.RetryingStorage`. A journal file whose last record was cut off mid-write is
-    first truncated to its last whole record (`_drop_cut_last_record`).
+    first truncated to its last whole record (`_drop_cut_last_record`), unless `repair_cut` is False:
+    a reader that writes nothing (`harness sweep --status`) leaves it to the next worker, as Optuna
+    reads such a file whole up to the cut.
     """
     import optuna
 
@@ -132,7 +135,8 @@ def open_storage(
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
 
     lock = JournalFileOpenLock(str(path))
-    _drop_cut_last_record(path, lock)
+    if repair_cut:
+        _drop_cut_last_record(path, lock)
     return JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
 
 
