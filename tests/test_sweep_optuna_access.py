@@ -107,3 +107,18 @@ def test_heartbeat_ages_of_a_database_without_optunas_tables_are_empty_not_an_er
 
     sqlite3.connect(tmp_path / "plain.db").execute("CREATE TABLE t (x INTEGER)").connection.close()
     assert optuna_access.heartbeat_ages(f"sqlite:///{tmp_path / 'plain.db'}", "s", [0]) == {}
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_a_trial_a_sweep_worker_takes_has_beaten_before_it_is_marked(tmp_path: Path) -> None:
+    from harness.sweep.study import _ask_and_mark
+
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    study = optuna.create_study(study_name="s", storage=open_storage(url, heartbeat_interval=60, grace_period=120))
+    trial = _ask_and_mark(study)
+    assert set(trial.user_attrs) == {"pid", "host"}
+    # Dead on another machine from here on, it turns stale by its heartbeat: one is there already.
+    assert list(optuna_access.heartbeat_ages(url, "s", [trial.number])) == [trial.number]
+
+    journal = optuna.create_study(study_name="j", storage=open_storage(str(tmp_path / "optuna.journal")))
+    assert set(_ask_and_mark(journal).user_attrs) == {"pid", "host"}  # no heartbeat to record there

@@ -394,14 +394,22 @@ def _count_and_ask(
 
 
 def _ask_and_mark(study: optuna.Study) -> optuna.Trial:
-    """A new trial marked as this worker's (`liveness.mark_worker`)."""
+    """A new trial marked as this worker's (`liveness.mark_worker`), with a first heartbeat where the storage keeps them.
+
+    The beat comes before the mark. Unmarked, a trial whose worker died is failed by the next reaper on any
+    machine; marked, only its own host can tell by the pid, so another machine needs the heartbeat, which
+    otherwise starts only once the trial's config and MLflow run are made.
+    """
     from optuna.exceptions import UpdateFinishedTrialError
 
+    from harness.sweep import optuna_access
     from harness.sweep.liveness import mark_worker
 
     while True:
         trial = _ask(study)
         try:
+            if optuna_access.heartbeat_interval(study):
+                optuna_access.record_heartbeat(study, trial)
             mark_worker(trial)
             return trial
         except UpdateFinishedTrialError:
