@@ -124,7 +124,8 @@ def read_status(
     failed = [t for t in trials if t.state.name == "FAIL"][-_SHOWN_FAILURES:]
     running = [t for t in trials if t.state.name == "RUNNING"]
     is_database = is_url(storage)
-    ages = optuna_access.heartbeat_ages(storage, study_name, [t.number for t in running]) if is_database and running else {}
+    numbers = [t.number for t in running]
+    ages = optuna_access.heartbeat_ages(storage, study_name, numbers) if is_database and running else {}
     return StudyStatus(
         study_name=study_name,
         storage=mask_uri(storage),
