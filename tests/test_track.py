@@ -106,7 +106,9 @@ print(experiment_id(client, "harness"))
 """
 
 
-def test_two_processes_creating_one_new_sqlite_store_share_it_and_leave_no_temporary_file(tmp_path: Path) -> None:
+def test_two_processes_creating_one_new_sqlite_store_share_it_and_leave_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import subprocess
     import sys
 
@@ -121,12 +123,10 @@ def test_two_processes_creating_one_new_sqlite_store_share_it_and_leave_no_tempo
     assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["mlflow.db"]
     experiments = {e.name: e for e in MlflowClient(uri).search_experiments()}
     assert set(experiments) == {"Default", "harness"}
-    # Experiment 0 keeps artifacts where MLflow puts them for a store it creates itself.
-    reference = f"sqlite:///{tmp_path / 'reference.db'}"
-    made_by_mlflow = subprocess.run([sys.executable, "-c", "import sys; from mlflow import MlflowClient; "
-                                     "print(MlflowClient(sys.argv[1]).get_experiment('0').artifact_location)",
-                                     reference], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert made_by_mlflow.stdout.strip() == experiments["Default"].artifact_location == str(tmp_path / "mlruns" / "0")
+    # Experiment 0 keeps artifacts where MLflow puts them for a store it creates itself (from the same folder).
+    monkeypatch.chdir(tmp_path)
+    made_by_mlflow = MlflowClient(f"sqlite:///{tmp_path / 'reference.db'}").get_experiment("0").artifact_location
+    assert made_by_mlflow == experiments["Default"].artifact_location == str(tmp_path / "mlruns" / "0")
 
 
 def test_ui_pages_open_in_the_model_training_view_and_name_what_serves_them() -> None:
