@@ -55,10 +55,6 @@ class ParentRunStatus:
     problem: str | None = None
 
     @property
-    def on_server(self) -> bool:
-        return self.tracking_uri.startswith(("http://", "https://"))
-
-    @property
     def ui_command(self) -> str | None:
         """What serves a local store's runs in a browser; None for a tracking server, which serves them itself."""
         from harness.track.mlflow_run import ui_command

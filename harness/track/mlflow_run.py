@@ -61,9 +61,13 @@ def mask_uri(uri: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", uri)
 
 
+def _is_server(tracking_uri: str) -> bool:
+    return tracking_uri.startswith(("http://", "https://"))
+
+
 def ui_command(tracking_uri: str) -> str | None:
     """What serves a local store's runs in a browser; None for a tracking server, which serves them itself."""
-    if tracking_uri.startswith(("http://", "https://")):
+    if _is_server(tracking_uri):
         return None
     # MLflow >= 3.7's `mlflow ui` opens ./mlflow.db by default, the harness's own default store.
     return "mlflow ui" if tracking_uri == DEFAULT_TRACKING_URI else f"mlflow ui --backend-store-uri {tracking_uri}"
@@ -77,8 +81,7 @@ def ui_link(tracking_uri: str, experiment_id: str, run_id: str | None = None) ->
     the URL's `workflowType` (else from the browser's last choice, GenAI at first), not from the experiment's
     `mlflow.experimentKind` tag, and in its GenAI view the runs table is hidden behind a traces overview.
     """
-    server = tracking_uri.startswith(("http://", "https://"))
-    base = tracking_uri.rstrip("/") if server else "http://127.0.0.1:5000"
+    base = tracking_uri.rstrip("/") if _is_server(tracking_uri) else "http://127.0.0.1:5000"
     page = f"runs/{run_id}" if run_id else "runs"
     return f"{base}/#/experiments/{experiment_id}/{page}?workflowType=machine_learning"
 
